@@ -1,0 +1,58 @@
+# autoballoon: every target installs what it needs first (Debian 12, as root).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BASE_PYTHON ?= /usr/bin/python3
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
+	libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio
+STAMP := .cache/stamps
+
+.PHONY: all deps venv image demo test test-unit test-integration bench lint clean
+
+all: test
+
+$(STAMP)/apt: Makefile
+	@mkdir -p $(STAMP)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(STAMP)/venv: pyproject.toml $(STAMP)/apt
+	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+deps: $(STAMP)/venv
+
+venv: deps
+
+image: deps
+	$(PY) -m autoballoon_lab.image
+
+demo: deps
+	$(PY) -m autoballoon_lab.demo
+
+test: deps
+	$(PY) tools/run_tests.py
+
+test-unit: deps
+	$(PY) -m pytest -q -x tests/unit
+
+test-integration: deps
+	$(PY) -m pytest -q -m integration tests/integration tests/e2e
+
+bench: deps
+	$(PY) -m bench
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .cache build dist *.egg-info

@@ -1,0 +1,119 @@
+"""The control socket: a local JSON-lines API (mode 0600, root only).
+
+Request: one JSON object per line, ``{"cmd": "status"}``. Reply: one JSON
+object per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+Commands: ``ping``, ``status``, ``reload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("autoballoon.control")
+
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+        self.path = Path(path)
+        self.handlers = handlers
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if self.path.is_socket():
+            if _answers(self.path):
+                raise RuntimeError(f"{self.path}: another daemon is listening there")
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await _reply(writer, {"ok": False, "error": "request too long"})
+                    return
+                if not line:
+                    return
+                await _reply(writer, await self._dispatch(line))
+        except (ConnectionError, BrokenPipeError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _dispatch(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {"ok": False, "error": "not a JSON object"}
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return {"ok": False, "error": "expected {\"cmd\": ...}"}
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            return {"ok": False, "error": f"unknown command; known: {', '.join(self.handlers)}"}
+        try:
+            return {"ok": True, **(await handler(request))}
+        except Exception as exc:
+            log.exception("control command %s failed", request["cmd"])
+            return {"ok": False, "error": str(exc)}
+
+
+async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+    writer.write(json.dumps(reply, default=str).encode() + b"\n")
+    await writer.drain()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one command to a running daemon and return its reply (blocking)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+    reply = json.loads(buffer)
+    if not isinstance(reply, dict):
+        raise ValueError("malformed reply from the daemon")
+    return reply

@@ -1,0 +1,149 @@
+"""``autoballoonctl``: talk to a running daemon, or check a configuration.
+
+Commands: ``status`` (a table of host pressure and every guest), ``top`` (the
+same, refreshing), ``check-config``, ``reload``.
+Exit codes: 0 fine, 1 daemon unreachable or command failed, 2 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autoballoon_core import bootstrap, control
+from autoballoon_core.config import DAEMON_OPTIONS, ConfigError
+from autoballoon_core.plugins import PluginError
+
+DEFAULT_SOCKET = next(o.default for o in DAEMON_OPTIONS if o.name == "control_socket")
+LEVEL_STYLE = {"none": "green", "low": "yellow", "medium": "dark_orange", "critical": "bold red"}
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1048576:.0f}"
+
+
+def render(status: dict[str, Any]) -> Group:
+    """The status as rich renderables: a host line and a guest table."""
+    host = status["host"]
+    level = host["level"]
+    readings = ", ".join(f"{k}={v:g}" for k, v in sorted(host["readings"].items())[:6])
+    mem = ""
+    if host.get("mem_total"):
+        mem = f"  available {_mib(host['mem_available'])}/{_mib(host['mem_total'])} MiB"
+    head = Text.assemble(
+        ("host pressure ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")), mem,
+        f"  policy {status['policy']}", ("  DRY RUN" if status["dry_run"] else "", "bold magenta"),
+    )
+    table = Table(box=None, header_style="bold")
+    for column in ("guest", "max", "actual", "target", "floor", "pressure", "last action", "why"):
+        table.add_column(column, justify="right" if column in {"max", "actual", "target",
+                                                               "floor"} else "left")
+    for guest in sorted(status["guests"], key=lambda g: g["id"]):
+        name = guest["id"] + ("" if guest["reachable"] else " (unreachable)")
+        age = guest["last_action_age"]
+        action = guest["last_action"] + (f" {age:.0f}s ago" if age is not None else "")
+        table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]), _mib(guest["target"]),
+                      _mib(guest["floor"]), Text(guest["pressure"],
+                                                 LEVEL_STYLE.get(guest["pressure"], "")),
+                      action.strip() or "-", guest["last_reason"] or "-")
+    counters = status["counters"]
+    foot = Text(f"events {counters['events']}  rounds {counters['rounds']}  coalesced "
+                f"{counters['coalesced']}  errors {counters['actuator_errors']}  timeouts "
+                f"{counters['actuator_timeouts']}  readings: {readings or '-'}", style="dim")
+    return Group(head, table, foot)
+
+
+def fetch_status(socket_path: str) -> dict[str, Any]:
+    reply = control.request(socket_path, "status")
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error", "status failed"))
+    status: dict[str, Any] = reply["status"]
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = fetch_status(args.socket)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        Console().print(render(status))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    console = Console()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    with Live(console=console, refresh_per_second=4, screen=False) as live:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                live.update(render(fetch_status(args.socket)))
+            except OSError as exc:
+                live.update(Text(f"daemon not reachable at {args.socket}: {exc}", "red"))
+            time.sleep(args.interval)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = bootstrap.load(args.config)
+    except (ConfigError, PluginError) as exc:
+        print(f"autoballoonctl: {exc}", file=sys.stderr)
+        return 2
+    config = loaded.config
+    print(f"{', '.join(config.files)}: OK — policy {config.policy}, sources "
+          f"{', '.join(config.sources) or 'none'}, backends {', '.join(config.backends)}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = control.request(args.socket, "reload")
+    if reply.get("ok") and reply.get("reloaded"):
+        print("reloaded")
+        return 0
+    print(f"autoballoonctl: reload rejected: {reply.get('error')}", file=sys.stderr)
+    return 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="autoballoonctl", description=__doc__.splitlines()[0])
+    parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="host pressure and every guest's balloon")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    top = sub.add_parser("top", help="a live, refreshing status view")
+    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
+    top.set_defaults(func=cmd_top)
+    check = sub.add_parser("check-config", help="validate a configuration and exit")
+    check.add_argument("-c", "--config", type=Path, default=None)
+    check.set_defaults(func=cmd_check_config)
+    reload = sub.add_parser("reload", help="make the daemon re-read its configuration")
+    reload.set_defaults(func=cmd_reload)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"autoballoonctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

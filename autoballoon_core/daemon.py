@@ -1,0 +1,206 @@
+"""``autoballoond``: the host daemon.
+
+Runs in the foreground and logs to stderr. SIGTERM/SIGINT stop it cleanly,
+SIGHUP reloads the configuration (a bad new config is rejected and the old one
+kept). Speaks sd_notify when ``NOTIFY_SOCKET`` is set.
+
+Exit codes: 0 clean stop, 2 bad configuration or plugin, 3 a source or backend
+could not start (nothing was touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autoballoon_core import __version__, bootstrap
+from autoballoon_core.audit import AuditLog
+from autoballoon_core.config import ConfigError
+from autoballoon_core.control import ControlServer
+from autoballoon_core.engine import Engine
+from autoballoon_core.interfaces import SourceUnavailable
+from autoballoon_core.notify import Notifier
+from autoballoon_core.plugins import PluginError
+
+log = logging.getLogger("autoballoon.daemon")
+
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="autoballoond", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help="main config file (default /etc/autoballoon/autoballoon.toml; "
+                        "autoballoon.d/*.toml beside it are read too)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="decide and log, but never change a balloon")
+    parser.add_argument("--control-socket", help="override [daemon] control_socket")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="override [daemon] log_level")
+    parser.add_argument("--version", action="version", version=f"autoballoond {__version__}")
+    return parser.parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    daemon: dict[str, Any] = {}
+    if args.dry_run:
+        daemon["dry_run"] = True
+    if args.control_socket:
+        daemon["control_socket"] = args.control_socket
+    if args.log_level:
+        daemon["log_level"] = args.log_level
+    return {"daemon": daemon} if daemon else {}
+
+
+def set_log_level(name: str) -> None:
+    logging.getLogger("autoballoon").setLevel(name.upper())
+
+
+class Daemon:
+    def __init__(self, loaded: bootstrap.Loaded, path: Path | None,
+                 overrides: dict[str, Any]) -> None:
+        self.loaded = loaded
+        self.path = path
+        self.overrides = overrides
+        self.notifier = Notifier()
+        self.engine = Engine(loaded.config, loaded.manager, loaded.registry)
+        self.audit: AuditLog | None = None
+        self.control: ControlServer | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._open_audit(self.loaded.config.daemon["audit_log"])
+        try:
+            await self.engine.start()
+        except SourceUnavailable as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_START
+        except Exception as exc:
+            log.error("cannot start: %s", exc)
+            await self.engine.stop()
+            return EXIT_START
+        self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
+            "ping": self._ping, "status": self._status, "reload": self._reload_command,
+        })
+        try:
+            await self.control.start()
+        except (OSError, RuntimeError) as exc:
+            log.error("cannot open the control socket: %s", exc)
+            await self.engine.stop()
+            return EXIT_START
+        watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+        self.notifier.ready(self._summary())
+        log.info("autoballoond %s running: %s", __version__, self._summary())
+        await self._stop.wait()
+        log.info("stopping")
+        self.notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
+        await self.control.stop()
+        await self.engine.stop(release=self.engine.config.guards["release_on_exit"])
+        if self.audit is not None:
+            self.audit.close()
+        return 0
+
+    def _summary(self) -> str:
+        config = self.engine.config
+        return (f"policy {config.policy}, sources {', '.join(config.sources) or 'none'}, "
+                f"backends {', '.join(config.backends)}, {len(self.engine.guests)} guests"
+                + (", DRY RUN" if self.engine.dry_run else ""))
+
+    def _open_audit(self, path: str) -> None:
+        if self.audit is not None:
+            if str(self.audit.path) == path:
+                return
+            self.loaded.manager.unregister(self.audit)
+            self.audit.close()
+            self.audit = None
+        if path:
+            self.audit = AuditLog(path)
+            self.loaded.manager.register(self.audit, name="audit-log")
+
+    async def reload(self) -> dict[str, Any]:
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                config = bootstrap.reload(self.loaded, self.path, overrides=self.overrides)
+                old = self.engine.config
+                for section in ("sources", "backends", "block"):
+                    if getattr(config, section) != getattr(old, section):
+                        log.warning("reload: changes to %s take effect after a restart", section)
+                self.engine.apply_config(config)
+                self._open_audit(config.daemon["audit_log"])
+                set_log_level(config.daemon["log_level"])
+            except (ConfigError, PluginError) as exc:
+                log.error("reload rejected, keeping the running configuration: %s", exc)
+                return {"reloaded": False, "error": str(exc)}
+            except Exception as exc:
+                log.exception("reload failed, keeping the running configuration")
+                return {"reloaded": False, "error": str(exc)}
+            finally:
+                self.notifier.ready(self._summary())
+            log.info("configuration reloaded: %s", self._summary())
+            return {"reloaded": True}
+
+    async def _watchdog(self) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval)
+
+    async def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        status = self.engine.status()
+        status["recent"] = [_round_summary(r) for r in list(self.engine.recent)[-10:]]
+        return {"status": status}
+
+    async def _reload_command(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+
+def _round_summary(record: Any) -> dict[str, Any]:
+    return {
+        "trigger": record.trigger.kind.value,
+        "level": record.trigger.level.name.lower(),
+        "events": len(record.trigger.events),
+        "actions": [
+            {"guest": a.guest, "target": a.target, "previous": a.previous,
+             "outcome": a.outcome.value, "reason": a.reason, "error": a.error}
+            for a in record.actions
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = overrides_from(args)
+    try:
+        loaded = bootstrap.load(args.config, overrides=overrides)
+    except (ConfigError, PluginError) as exc:
+        print(f"autoballoond: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    set_log_level(loaded.config.daemon["log_level"])
+    daemon = Daemon(loaded, args.config, overrides)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(daemon.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

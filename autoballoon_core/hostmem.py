@@ -1,0 +1,80 @@
+"""Host memory totals for the snapshot: /proc/meminfo or a memory cgroup.
+
+Read once per decision round (a few tens of microseconds); these figures have
+no kernel event of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+UNLIMITED = 1 << 60
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    total: int
+    available: int
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes per field."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts or not parts[0].isdigit():
+            continue
+        scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
+        values[name.strip()] = int(parts[0]) * scale
+    return values
+
+
+def _stat_file(path: Path) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        name, _, number = line.partition(" ")
+        if number.strip().isdigit():
+            values[name] = int(number)
+    return values
+
+
+class HostMemoryReader:
+    """Reads the host's memory, or that of the cgroup the guests live in.
+
+    For a cgroup the total is its limit (or the host's memory when unlimited)
+    and the available memory is the limit minus usage plus inactive file
+    cache, which the kernel can drop without pressure.
+    """
+
+    def __init__(self, cgroup: str = "", proc: Path = Path("/proc")) -> None:
+        self.cgroup = Path(cgroup) if cgroup else None
+        self.proc = proc
+
+    def read(self) -> HostMemory | None:
+        try:
+            system = parse_meminfo((self.proc / "meminfo").read_text())
+            total = system["MemTotal"]
+            available = system.get("MemAvailable", system.get("MemFree", 0))
+            if self.cgroup is None:
+                return HostMemory(total, available)
+            return self._read_cgroup(self.cgroup, total, available)
+        except (OSError, KeyError, ValueError):
+            return None
+
+    @staticmethod
+    def _read_cgroup(cgroup: Path, host_total: int, host_available: int) -> HostMemory:
+        if (cgroup / "memory.limit_in_bytes").exists():
+            limit = int((cgroup / "memory.limit_in_bytes").read_text())
+            usage = int((cgroup / "memory.usage_in_bytes").read_text())
+            stat = _stat_file(cgroup / "memory.stat")
+            inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+        else:
+            raw_limit = (cgroup / "memory.max").read_text().strip()
+            limit = UNLIMITED if raw_limit == "max" else int(raw_limit)
+            usage = int((cgroup / "memory.current").read_text())
+            inactive = _stat_file(cgroup / "memory.stat").get("inactive_file", 0)
+        if limit >= UNLIMITED or limit >= host_total:
+            return HostMemory(host_total, min(host_available, host_total - usage + inactive))
+        return HostMemory(limit, max(0, limit - usage + inactive))

@@ -1,0 +1,226 @@
+"""The core data model. Plain typed dataclasses; every size is in bytes.
+
+Times are ``time.monotonic()`` seconds unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+GuestId = str
+"""A guest's identity: ``"<backend>:<name>"``, unique within one daemon."""
+
+
+class PressureLevel(enum.IntEnum):
+    """The kernel's vmpressure levels; PSI and watermarks are mapped onto them."""
+
+    NONE = 0
+    LOW = 1
+    MEDIUM = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, text: str) -> PressureLevel:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            allowed = ", ".join(level.name.lower() for level in cls)
+            raise ValueError(f"unknown pressure level {text!r} (allowed: {allowed})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PressureEvent:
+    """One report from a pressure source.
+
+    ``guest`` is None for host-wide pressure, or the id of the guest it concerns.
+    ``value`` is the source's own measure (stall percent, MiB wanted, ...);
+    ``wanted_bytes`` is set by guest sources that say how much memory they need.
+    """
+
+    source: str
+    level: PressureLevel
+    time: float
+    guest: GuestId | None = None
+    value: float = 0.0
+    wanted_bytes: int = 0
+
+    @property
+    def is_host(self) -> bool:
+        return self.guest is None
+
+
+@dataclass(frozen=True, slots=True)
+class GuestStats:
+    """Balloon statistics the guest reports, as far as it reports them.
+
+    None means the guest does not report that figure (QEMU gives -1).
+    ``available`` is the guest's MemAvailable, ``total`` its MemTotal.
+    """
+
+    total: int | None = None
+    free: int | None = None
+    available: int | None = None
+    caches: int | None = None
+    swap_in: int | None = None
+    swap_out: int | None = None
+    major_faults: int | None = None
+    minor_faults: int | None = None
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GuestInfo:
+    """What an inventory reports when it finds a guest.
+
+    ``floor``, ``weight`` and ``managed`` are per-guest overrides (for example
+    from libvirt domain metadata); None means "use the configuration".
+    """
+
+    id: GuestId
+    name: str
+    backend: str
+    max_bytes: int
+    actual_bytes: int
+    floor: int | None = None
+    weight: float | None = None
+    managed: bool | None = None
+    channel_path: str | None = None
+
+
+@dataclass(slots=True)
+class GuestState:
+    """Everything the engine knows about one guest. Owned by the engine."""
+
+    id: GuestId
+    name: str
+    backend: str
+    max_bytes: int
+    actual_bytes: int
+    floor: int
+    weight: float = 1.0
+    managed: bool = True
+    reachable: bool = True
+    target_bytes: int | None = None
+    """The last target the engine set, or None when it has set none (adopted)."""
+    stats: GuestStats | None = None
+    pressure: PressureLevel = PressureLevel.NONE
+    pressure_wanted: int = 0
+    pressure_since: float | None = None
+    pressure_time: float = 0.0
+    last_action_time: float | None = None
+    last_action: str = ""
+    last_reason: str = ""
+    target_set_time: float | None = None
+    target_start_bytes: int | None = None
+    """The actual size when the last target was set (for stall detection)."""
+    stalled_until: float = 0.0
+    channel_path: str | None = None
+
+    @property
+    def balloon_bytes(self) -> int:
+        """Memory currently held by the balloon."""
+        return max(0, self.max_bytes - self.actual_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """The host as the sources last reported it."""
+
+    level: PressureLevel = PressureLevel.NONE
+    level_since: float = 0.0
+    mem_total: int | None = None
+    mem_available: int | None = None
+    readings: Mapping[str, float] = field(default_factory=dict)
+    """Named figures from the sources, e.g. ``psi.some.avg10``."""
+
+
+class TriggerKind(enum.Enum):
+    HOST_PRESSURE = "host-pressure"
+    GUEST_PRESSURE = "guest-pressure"
+    TICK = "tick"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """Why the engine runs a round.
+
+    For ``HOST_PRESSURE`` rounds ``level`` is the highest host level among the
+    coalesced events; ``events`` holds every event merged into this round. A
+    round that merges host and guest events is a ``HOST_PRESSURE`` round; the
+    guests that reported are in :attr:`guests`.
+    """
+
+    kind: TriggerKind
+    level: PressureLevel
+    time: float
+    events: tuple[PressureEvent, ...] = ()
+
+    @property
+    def guests(self) -> frozenset[GuestId]:
+        return frozenset(e.guest for e in self.events if e.guest is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The host and every known guest at the start of a decision round."""
+
+    time: float
+    host: HostState
+    guests: Mapping[GuestId, GuestState]
+
+    def managed(self) -> list[GuestState]:
+        """Guests a policy may act on: managed and reachable, in id order."""
+        return [g for _, g in sorted(self.guests.items()) if g.managed and g.reachable]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A wanted balloon target for one guest, and why (shown to operators)."""
+
+    guest: GuestId
+    target: int
+    reason: str
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    DRY_RUN = "dry-run"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    VETOED = "vetoed"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What became of one decision after the safety guard and the actuator."""
+
+    guest: GuestId
+    wanted: int
+    target: int
+    previous: int
+    reason: str
+    outcome: Outcome
+    error: str = ""
+    issued: float = 0.0
+    """Monotonic time the command was handed to the backend (0 if never)."""
+
+    @property
+    def delta(self) -> int:
+        return self.target - self.previous
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One decision round, as audit logs and metrics see it."""
+
+    trigger: Trigger
+    policy: str
+    started: float
+    decided: float
+    finished: float
+    actions: tuple[Action, ...]

@@ -1,0 +1,146 @@
+"""The safety guard: the invariants the core enforces whatever a policy asks.
+
+Pure functions of the snapshot, the decisions and the time, so they are
+property-tested without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoballoon_core.model import Decision, GuestState, PressureLevel, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    floor: int
+    floor_percent: float
+    max_step: int
+    min_change: int
+    cooldown: float
+    stall_timeout: float
+    stall_backoff: float
+    tolerance: int
+
+    @classmethod
+    def from_options(cls, guards: Mapping[str, Any]) -> GuardSettings:
+        return cls(
+            floor=guards["floor"],
+            floor_percent=guards["floor_percent"],
+            max_step=guards["max_step"],
+            min_change=guards["min_change"],
+            cooldown=guards["cooldown"],
+            stall_timeout=guards["stall_timeout"],
+            stall_backoff=guards["stall_backoff"],
+            tolerance=guards["tolerance"],
+        )
+
+    def floor_for(self, max_bytes: int, explicit: int | None) -> int:
+        """A guest's floor: explicit or default, raised by floor_percent, never above max."""
+        floor = self.floor if explicit is None else explicit
+        floor = max(floor, int(self.floor_percent * max_bytes))
+        return min(floor, max_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """The guard's verdict on one decision: ``target`` to apply, or a veto."""
+
+    decision: Decision
+    previous: int
+    target: int
+    veto: str = ""
+
+    @property
+    def approved(self) -> bool:
+        return not self.veto
+
+
+def current_target(guest: GuestState) -> int:
+    """What the guest is heading for: the last target set, else its actual size."""
+    return guest.actual_bytes if guest.target_bytes is None else guest.target_bytes
+
+
+def under_pressure(guest: GuestState) -> bool:
+    return guest.pressure > PressureLevel.NONE
+
+
+def review(
+    settings: GuardSettings,
+    snapshot: Snapshot,
+    decisions: Iterable[Decision],
+    now: float,
+    in_flight: frozenset[str] = frozenset(),
+) -> list[Review]:
+    """Apply the invariants to every decision; one verdict per decision."""
+    verdicts: list[Review] = []
+    seen: set[str] = set()
+    for decision in decisions:
+        guest = snapshot.guests.get(decision.guest)
+        if guest is None:
+            verdicts.append(Review(decision, 0, 0, "unknown guest"))
+            continue
+        previous = current_target(guest)
+        verdicts.append(_review_one(settings, guest, decision, previous, now, seen, in_flight))
+        seen.add(decision.guest)
+    return verdicts
+
+
+def _review_one(
+    settings: GuardSettings,
+    guest: GuestState,
+    decision: Decision,
+    previous: int,
+    now: float,
+    seen: set[str],
+    in_flight: frozenset[str],
+) -> Review:
+    def veto(why: str) -> Review:
+        return Review(decision, previous, previous, why)
+
+    if decision.guest in seen:
+        return veto("a second decision for the same guest in one round")
+    if not guest.managed:
+        return veto("guest is not managed")
+    if not guest.reachable:
+        return veto("guest is unreachable")
+    if decision.guest in in_flight:
+        return veto("a command for this guest is still in flight")
+    target = min(max(decision.target, guest.floor), guest.max_bytes)
+    if target > previous + settings.max_step:
+        target = previous + settings.max_step
+    elif target < previous - settings.max_step:
+        target = previous - settings.max_step
+    inflating = target < previous
+    if inflating and under_pressure(guest):
+        return veto("guest reports memory pressure: never inflated while it lasts")
+    if inflating and now < guest.stalled_until:
+        return veto("balloon stalled: backing off")
+    if guest.last_action_time is not None and now - guest.last_action_time < settings.cooldown:
+        pressure_rose = under_pressure(guest) and guest.pressure_time > guest.last_action_time
+        if inflating or not pressure_rose:
+            return veto("cooldown")
+    if abs(target - previous) < max(settings.min_change, 1):
+        return veto("change below min_change")
+    return Review(decision, previous, target)
+
+
+def self_deflated(guest: GuestState, actual: int, tolerance: int) -> bool:
+    """True when the guest gave itself memory beyond its target (deflate-on-oom)."""
+    return guest.target_bytes is not None and actual > guest.target_bytes + tolerance
+
+
+def stalled(settings: GuardSettings, guest: GuestState, now: float) -> bool:
+    """True when the balloon has not moved half way to its target in stall_timeout."""
+    if guest.target_bytes is None or guest.target_set_time is None:
+        return False
+    if now - guest.target_set_time < settings.stall_timeout:
+        return False
+    remaining = abs(guest.actual_bytes - guest.target_bytes)
+    if remaining <= settings.tolerance:
+        return False
+    start = guest.target_start_bytes
+    asked = abs(start - guest.target_bytes) if start is not None else remaining
+    return remaining * 2 > asked

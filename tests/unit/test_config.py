@@ -1,0 +1,143 @@
+"""Config loading: every error names the file, the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoballoon_core import bootstrap
+from autoballoon_core.config import ConfigError
+from autoballoon_core.model import MiB, PressureLevel
+from autoballoon_core.options import OptionError, parse_duration, parse_size
+
+GOOD = """
+[engine]
+policy = "seed-levels"
+coalesce_interval = "500ms"
+
+[guards]
+floor = "300MiB"
+
+[backends.qmp]
+enabled = true
+
+[policies.seed-levels]
+medium = "32MiB"
+
+[guests."web-*"]
+floor = "1GiB"
+weight = 2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "autoballoon.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_good_config_is_parsed_into_bytes_and_seconds(tmp_path: Path) -> None:
+    config = bootstrap.load(write(tmp_path, GOOD)).config
+    assert config.policy == "seed-levels"
+    assert config.engine["coalesce_interval"] == 0.5
+    assert config.guards["floor"] == 300 * MiB
+    assert config.policy_options["medium"] == 32 * MiB
+    assert config.policy_options["critical"] == 128 * MiB
+    assert "qmp" in config.backends
+    override = config.guest_override("qmp:web-1", "web-1")
+    assert override.floor == 1024 * MiB and override.weight == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[engine]\ncoalesce_interval = \"fast\"\n", "engine.coalesce_interval", "duration"),
+        ("[engine]\npolicy = \"nope\"\n", "engine.policy", "seed-fixed"),
+        ("[guards]\nfloor = -1\n", "guards.floor", "negative"),
+        ("[guards]\nfloor_percent = 2.0\n", "guards.floor_percent", "at most"),
+        ("[guards]\nflor = 1\n", "guards.flor", "known keys"),
+        ("[daemon]\nlog_level = \"loud\"\n", "daemon.log_level", "'debug'"),
+        ("[sources.nosuch]\nenabled = true\n", "sources.nosuch", "available"),
+        ("[policies.seed-levels]\nlow = \"1 parsec\"\n", "policies.seed-levels.low", "size"),
+        ("[whatever]\nx = 1\n", "whatever", "unknown section"),
+    ],
+)
+def test_errors_name_file_key_and_what_is_allowed(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    path = write(tmp_path, GOOD + "\n" if "[engine]" not in text else "[backends.qmp]\n"
+                 "enabled = true\n")
+    dropins = tmp_path / "autoballoon.d"
+    dropins.mkdir()
+    bad = write(dropins, text, "50-bad.toml")
+    with pytest.raises(ConfigError) as error:
+        bootstrap.load(path)
+    message = str(error.value)
+    assert message.startswith(f"{bad}: {key}: "), message
+    assert fragment in message
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[engine\n")
+    with pytest.raises(ConfigError, match=f"{path}: -: not valid TOML"):
+        bootstrap.load(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        bootstrap.load(tmp_path / "absent.toml")
+
+
+def test_a_backend_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no backend is enabled"):
+        bootstrap.load(write(tmp_path, "[engine]\npolicy = \"seed-fixed\"\n"))
+
+
+def test_dropins_override_single_keys_in_name_order(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    dropins = tmp_path / "autoballoon.d"
+    dropins.mkdir()
+    write(dropins, "[guards]\nfloor = \"400MiB\"\n", "10-a.toml")
+    write(dropins, "[guards]\nfloor = \"500MiB\"\n", "20-b.toml")
+    config = bootstrap.load(path).config
+    assert config.guards["floor"] == 500 * MiB
+    assert config.guards["max_step"] == 512 * MiB
+
+
+def test_command_line_overrides_win(tmp_path: Path) -> None:
+    config = bootstrap.load(write(tmp_path, GOOD), overrides={"daemon": {"dry_run": True}}).config
+    assert config.daemon["dry_run"] is True
+
+
+def test_blocked_plugins_are_not_loaded(tmp_path: Path) -> None:
+    text = GOOD.replace('policy = "seed-levels"', 'policy = "seed-levels"\n') + (
+        "\n[plugins]\nblock = [\"seed_policies\"]\n"
+    )
+    with pytest.raises(ConfigError, match="engine.policy: 'seed-levels' is not a loaded policy"):
+        bootstrap.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(("text", "value"), [("16MiB", 16 * MiB), ("1G", 1 << 30),
+                                              ("512k", 512 * 1024), (4096, 4096), ("1.5GiB",
+                                                                                   3 << 29)])
+def test_sizes(text: object, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("500ms", 0.5), ("2s", 2.0), (3, 3.0),
+                                              ("1min", 60.0)])
+def test_durations(text: object, value: float) -> None:
+    assert parse_duration(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "x", True, -1, "5 parsecs", None, [1]])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(OptionError):
+        parse_size(bad)
+
+
+def test_levels_parse() -> None:
+    assert PressureLevel.parse("Medium") is PressureLevel.MEDIUM
+    with pytest.raises(ValueError, match="allowed"):
+        PressureLevel.parse("huge")
