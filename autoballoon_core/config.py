@@ -46,8 +46,9 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
 ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("policy", Kind.STR, "seed-levels", "The active policy, by name."),
     Option("coalesce_interval", Kind.DURATION, 1.0,
-           "Events within this interval after a round are merged into one more round "
-           "at their highest level.", minimum=0.0, maximum=60.0),
+           "Host events within this interval after a round are merged; when it ends, one "
+           "more round runs only if their highest level is above the last round's.",
+           minimum=0.0, maximum=60.0),
     Option("tick_interval", Kind.DURATION, 5.0,
            "Period of the policy's timer rounds (memory give-back, slow policies).",
            minimum=0.1, maximum=3600.0),
@@ -240,9 +241,8 @@ def _validate_section(
         try:
             values[key] = option.parse(value)
         except OptionError as exc:
-            raise ConfigError(
-                raw.where(full), full, f"{value!r} is not allowed: {exc} (allowed: {option.allowed()})"
-            ) from None
+            message = f"{value!r} is not allowed: {exc} (allowed: {option.allowed()})"
+            raise ConfigError(raw.where(full), full, message) from None
     return values
 
 

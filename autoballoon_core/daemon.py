@@ -101,7 +101,9 @@ class Daemon:
             log.error("cannot open the control socket: %s", exc)
             await self.engine.stop()
             return EXIT_START
-        watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+        watchdog = None
+        if self.notifier.watchdog_interval:
+            watchdog = asyncio.create_task(self._watchdog())
         self.notifier.ready(self._summary())
         log.info("autoballoond %s running: %s", __version__, self._summary())
         await self._stop.wait()

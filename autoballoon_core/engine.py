@@ -190,8 +190,8 @@ class Engine:
                 raise SourceUnavailable(f"source {name}: {exc}") from exc
             self.sources[name] = source
         for name, options in self.config.backends.items():
-            spec = self.registry.backends[name]
-            backend = spec.factory(PluginContext(name, options, self.config))
+            backend_spec = self.registry.backends[name]
+            backend = backend_spec.factory(PluginContext(name, options, self.config))
             self.backends[name] = backend
             await backend.start(_BackendInventory(self, name))
         for name, source in self.sources.items():
@@ -256,8 +256,8 @@ class Engine:
         tasks = []
         for decision in decisions:
             state = self.guests[decision.guest]
-            tasks.append(self._launch(state, decision, safety.current_target(state), state.max_bytes,
-                                      now))
+            previous = safety.current_target(state)
+            tasks.append(self._launch(state, decision, previous, state.max_bytes, now))
         if tasks:
             await asyncio.wait(tasks, timeout=self.actuator_timeout)
 
@@ -408,7 +408,9 @@ class Engine:
                                      verdict.previous, decision.reason, Outcome.VETOED,
                                      verdict.veto or "guest vanished"))
                 continue
-            launched.append(self._launch(state, decision, verdict.previous, verdict.target, decided))
+            launched.append(
+                self._launch(state, decision, verdict.previous, verdict.target, decided)
+            )
         if launched:
             self._track(self._finish_round(trigger, snapshot, started, decided, vetoed, launched))
         else:
@@ -427,7 +429,8 @@ class Engine:
             state.target_start_bytes = state.actual_bytes
         task = asyncio.create_task(self._actuate(state.id, decision, previous, target))
         self._in_flight[state.id] = task
-        task.add_done_callback(lambda _t, gid=state.id: self._in_flight.pop(gid, None))
+        guest_id = state.id
+        task.add_done_callback(lambda _task: self._in_flight.pop(guest_id, None))
         return task
 
     async def _actuate(self, guest: GuestId, decision: Decision, previous: int,
@@ -559,8 +562,9 @@ class Engine:
         if max_bytes is not None and max_bytes != state.max_bytes:
             state.max_bytes = max_bytes
             self._apply_overrides(state, None)
+        deflated_itself = safety.self_deflated(state, actual, self.guard.tolerance)
         state.actual_bytes = actual
-        if safety.self_deflated(state, actual, self.guard.tolerance):
+        if deflated_itself:
             now = self.clock()
             log.info("guest %s deflated itself to %d MiB (target was %d MiB): adopted",
                      guest, actual >> 20, (state.target_bytes or 0) >> 20)

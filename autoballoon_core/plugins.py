@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pluggy
 
@@ -73,11 +74,12 @@ class Registry:
 def collect(manager: pluggy.PluginManager) -> Registry:
     """Ask every plugin to register its components; reject duplicate names."""
     registry = Registry()
-    for hook_name, table in (
+    tables: tuple[tuple[str, dict[str, Any]], ...] = (
         ("autoballoon_register_sources", registry.sources),
         ("autoballoon_register_backends", registry.backends),
         ("autoballoon_register_policies", registry.policies),
-    ):
+    )
+    for hook_name, table in tables:
         hook = getattr(manager.hook, hook_name)
         for impl in hook.get_hookimpls():
             plugin_name = manager.get_name(impl.plugin) or impl.plugin_name
@@ -90,5 +92,5 @@ def collect(manager: pluggy.PluginManager) -> Registry:
                         f"plugin {plugin_name!r} registers {spec.name!r}, "
                         f"already registered by plugin {other!r}"
                     )
-                table[spec.name] = replace(spec, plugin=plugin_name)  # type: ignore[arg-type]
+                table[spec.name] = replace(spec, plugin=plugin_name)
     return registry

@@ -128,8 +128,15 @@ def _review_one(
 
 
 def self_deflated(guest: GuestState, actual: int, tolerance: int) -> bool:
-    """True when the guest gave itself memory beyond its target (deflate-on-oom)."""
-    return guest.target_bytes is not None and actual > guest.target_bytes + tolerance
+    """True when the guest gave itself memory beyond its target (deflate-on-oom).
+
+    The balloon grew *away* from a lower target: ``actual`` rose above both the
+    last reported size and the target. An inflating balloon reports sizes
+    above its target on the way down; those only ever fall.
+    """
+    if guest.target_bytes is None:
+        return False
+    return actual > guest.actual_bytes and actual > guest.target_bytes + tolerance
 
 
 def stalled(settings: GuardSettings, guest: GuestState, now: float) -> bool:

@@ -162,3 +162,15 @@ async def test_a_stalled_balloon_is_backed_off() -> None:
         assert state.stalled_until > 0
         assert h.backend.calls[-1] == ("fake:a", 1024 * MiB) or state.target_bytes == 1024 * MiB
         assert h.backend.actual["fake:b"] == 992 * MiB
+
+
+async def test_an_inflating_balloon_on_its_way_down_is_not_a_self_deflate() -> None:
+    async with harness(SEED, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
+        h.backend.frozen.add("fake:a")
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        for actual in (1023 * MiB, 1015 * MiB, 1008 * MiB):
+            h.backend.guest_sets_itself("fake:a", actual)
+        state = h.engine.guests["fake:a"]
+        assert state.target_bytes == 1008 * MiB
+        assert state.pressure is PressureLevel.NONE
