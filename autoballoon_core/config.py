@@ -92,6 +92,14 @@ HOST_OPTIONS: tuple[Option, ...] = (
            "for hosts whose guests live in a memory-limited cgroup."),
 )
 
+METRICS_OPTIONS: tuple[Option, ...] = (
+    Option("enabled", Kind.BOOL, False, "Serve Prometheus metrics over HTTP."),
+    Option("address", Kind.STR, "127.0.0.1",
+           "Address the metrics endpoint binds to (loopback by default; it has no auth)."),
+    Option("port", Kind.INT, 9638, "TCP port of the metrics endpoint.", minimum=1,
+           maximum=65535),
+)
+
 PLUGIN_OPTIONS: tuple[Option, ...] = (
     Option("block", Kind.STR_LIST, [], "Plugins (entry-point names) not to load."),
 )
@@ -110,6 +118,7 @@ _FIXED_SECTIONS = {
     "engine": ENGINE_OPTIONS,
     "guards": GUARD_OPTIONS,
     "host": HOST_OPTIONS,
+    "metrics": METRICS_OPTIONS,
     "plugins": PLUGIN_OPTIONS,
 }
 _TABLE_SECTIONS = ("sources", "backends", "policies", "guests")
@@ -139,6 +148,7 @@ class Config:
     engine: Mapping[str, Any]
     guards: Mapping[str, Any]
     host: Mapping[str, Any]
+    metrics: Mapping[str, Any]
     block: tuple[str, ...]
     sources: Mapping[str, Mapping[str, Any]]
     backends: Mapping[str, Mapping[str, Any]]
@@ -319,6 +329,7 @@ def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
         engine=fixed["engine"],
         guards=fixed["guards"],
         host=fixed["host"],
+        metrics=fixed["metrics"],
         block=tuple(fixed["plugins"]["block"]),
         sources=sources,
         backends=backends,

@@ -2,7 +2,9 @@
 
 Request: one JSON object per line, ``{"cmd": "status"}``. Reply: one JSON
 object per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
-Commands: ``ping``, ``status``, ``reload``.
+Commands: ``ping``, ``status``, ``reload``, and ``hint`` (``{"cmd": "hint",
+"backend": "libvirt", "name": "vm1", "event": "started"}``, sent by the
+libvirt and oVirt hook scripts).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from autoballoon_core import __version__, bootstrap
 from autoballoon_core.audit import AuditLog
 from autoballoon_core.config import ConfigError
 from autoballoon_core.control import ControlServer
-from autoballoon_core.engine import Engine
+from autoballoon_core.engine import MAX_NAME, Engine
 from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.notify import Notifier
 from autoballoon_core.plugins import PluginError
@@ -94,6 +94,7 @@ class Daemon:
             return EXIT_START
         self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
             "ping": self._ping, "status": self._status, "reload": self._reload_command,
+            "hint": self._hint,
         })
         try:
             await self.control.start()
@@ -172,6 +173,15 @@ class Daemon:
 
     async def _reload_command(self, _request: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()
+
+    async def _hint(self, request: dict[str, Any]) -> dict[str, Any]:
+        backend, name, event = (request.get(k) for k in ("backend", "name", "event"))
+        if not all(isinstance(v, str) for v in (backend, name, event)):
+            raise ValueError("hint needs string fields backend, name and event")
+        assert isinstance(backend, str) and isinstance(name, str) and isinstance(event, str)
+        if not 0 < len(name) <= MAX_NAME or any(c in name for c in "\0\n/"):
+            raise ValueError("bad guest name")
+        return {"hint": self.engine.hint(backend, name, event)}
 
 
 def _round_summary(record: Any) -> dict[str, Any]:

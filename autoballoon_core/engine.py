@@ -59,6 +59,8 @@ from autoballoon_core.plugins import Registry
 log = logging.getLogger("autoballoon.engine")
 
 RECENT_ROUNDS = 50
+HINT_EVENTS = ("started", "stopped", "migrating", "migrated")
+MAX_NAME = 256
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,9 +129,9 @@ class Engine:
         self._trailing_handle: asyncio.TimerHandle | None = None
         self._window_end = 0.0
         self._last_round_level = PressureLevel.NONE
+        self._host_levels: dict[str, tuple[PressureLevel, float]] = {}
         self._host_level = PressureLevel.NONE
         self._host_level_since = clock()
-        self._host_event_time = 0.0
         self._tick_task: asyncio.Task[None] | None = None
         self._running = False
         self.apply_config(config)
@@ -177,7 +179,11 @@ class Engine:
         """Open every source (failing fast), start the backends, then listen."""
         for name, options in self.config.sources.items():
             spec = self.registry.sources[name]
-            source = spec.factory(PluginContext(name, options, self.config))
+            try:
+                source = spec.factory(PluginContext(name, options, self.config))
+            except Exception as exc:
+                await self._close_sources()
+                raise SourceUnavailable(f"source {name}: {exc}") from exc
             try:
                 await source.open()
             except SourceUnavailable:
@@ -286,10 +292,11 @@ class Engine:
             rising = self._note_guest_pressure(state, event)
         else:
             rising = False
-            self._host_event_time = event.time
-            if event.level != self._host_level:
-                self._host_level = event.level
-                self._host_level_since = event.time
+            if event.level:
+                self._host_levels[event.source] = (event.level, event.time)
+            else:
+                self._host_levels.pop(event.source, None)
+            self._current_host_level(event.time)
         if not self._running:
             return
         self._pending.append(event)
@@ -312,12 +319,21 @@ class Engine:
             return PressureLevel.NONE
         return state.pressure
 
-    def _current_host_level(self) -> PressureLevel:
-        now = self.clock()
-        if self._host_level and now - self._host_event_time > self.host_pressure_hold:
-            self._host_level = PressureLevel.NONE
-            self._host_level_since = self._host_event_time + self.host_pressure_hold
-        return self._host_level
+    def _current_host_level(self, now: float | None = None) -> PressureLevel:
+        """The highest level any source reported within ``host_pressure_hold``.
+
+        Each source counts on its own, so a watermark LOW does not lower a
+        vmpressure CRITICAL; a source's NONE event clears only that source.
+        """
+        now = self.clock() if now is None else now
+        for source, (_level, seen) in list(self._host_levels.items()):
+            if now - seen > self.host_pressure_hold:
+                del self._host_levels[source]
+        level = max((lvl for lvl, _t in self._host_levels.values()), default=PressureLevel.NONE)
+        if level != self._host_level:
+            self._host_level = level
+            self._host_level_since = now
+        return level
 
     def _schedule(self, *, urgent: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -573,6 +589,27 @@ class Engine:
             state.last_action = "adopted"
             state.last_reason = "guest deflated itself (deflate-on-oom)"
             self.emit(PressureEvent("deflate-on-oom", PressureLevel.MEDIUM, now, guest=guest))
+
+    # -- hints from hypervisor hooks ----------------------------------------------
+
+    def hint(self, backend: str, name: str, event: str) -> str:
+        """Pass a hook script's lifecycle hint to a backend; return what was done.
+
+        ``stopped`` and ``migrating`` also stop the engine acting on that guest
+        at once (it is marked unreachable until the backend says otherwise).
+        """
+        if event not in HINT_EVENTS:
+            raise ValueError(f"unknown event {event!r} (allowed: {', '.join(HINT_EVENTS)})")
+        target = self.backends.get(backend)
+        if target is None:
+            raise ValueError(f"no such backend {backend!r} (enabled: {', '.join(self.backends)})")
+        guest = f"{backend}:{name}"
+        state = self.guests.get(guest)
+        if state is not None and event in ("stopped", "migrating") and state.reachable:
+            state.reachable = False
+            log.info("hook: %s is %s; not acting on it", guest, event)
+        target.hint(name, event)
+        return "known guest" if state is not None else "unknown guest"
 
     # -- status ------------------------------------------------------------------
 

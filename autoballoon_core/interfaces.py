@@ -127,6 +127,14 @@ class Backend(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional step
         """Disconnect and cancel the backend's tasks."""
 
+    def hint(self, name: str, event: str) -> None:  # noqa: B027 - optional hook
+        """A hypervisor hook script says guest ``name`` is ``event``.
+
+        ``event`` is one of ``started``, ``stopped``, ``migrating``,
+        ``migrated``. A hint is untrusted and only a nudge (rescan now, stop
+        acting on a guest being migrated); the backend's own view wins.
+        """
+
     def describe(self) -> Mapping[str, object]:
         return {}
 

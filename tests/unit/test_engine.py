@@ -174,3 +174,15 @@ async def test_an_inflating_balloon_on_its_way_down_is_not_a_self_deflate() -> N
         state = h.engine.guests["fake:a"]
         assert state.target_bytes == 1008 * MiB
         assert state.pressure is PressureLevel.NONE
+
+
+async def test_each_source_holds_its_own_host_level() -> None:
+    from autoballoon_core.model import PressureEvent
+
+    async with harness(SEED, guests={}) as h:
+        now = asyncio.get_running_loop().time()
+        h.source.push(PressureEvent("vmpressure", PressureLevel.CRITICAL, now))
+        h.source.push(PressureEvent("watermark", PressureLevel.LOW, now))
+        assert h.engine.snapshot().host.level is PressureLevel.CRITICAL
+        h.source.push(PressureEvent("vmpressure", PressureLevel.NONE, now))
+        assert h.engine.snapshot().host.level is PressureLevel.LOW
