@@ -1,6 +1,7 @@
 # autoballoon: every target installs what it needs first (Debian 12, as root).
 SHELL := /bin/bash
 VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
 BASE_PYTHON ?= /usr/bin/python3
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
