@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, run_dir: Path, monitor_path: Path, guest: Gues
         lab.guests[0].wait_for_console("touched", 120)
         hog_to_change: list[float] = []
         wire: list[float] = []
-        with DaemonProcess(lab.run_dir, config(lab, lab.run_dir)) as daemon, \
+        with DaemonProcess(run_dir, config(lab, run_dir)) as daemon, \
                 QMPClient(monitor_path) as monitor:
             for number in range(1, args.trials + 1):
                 changed, sent = trial(lab, daemon, monitor, args.hog_mib)
