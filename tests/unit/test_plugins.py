@@ -95,7 +95,7 @@ def test_duplicate_names_name_both_plugins() -> None:
         def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
             register(PolicySpec("seed-fixed", lambda _c: None))  # type: ignore[arg-type,return-value]
 
-    with pytest.raises(PluginError, match="'clash' registers 'seed-fixed'.*'seed_policies'"):
+    with pytest.raises(PluginError, match=r"'clash' registers 'seed-fixed'.*'seed_policies'"):
         collect(create_plugin_manager(extra=[(Clash(), "clash")]))
 
 
@@ -167,6 +167,6 @@ def test_sources_and_backends_register_and_validate_their_options() -> None:
     config = build_config({"sources": {"extra-source": {"enabled": True, "period": "250ms"}},
                            "backends": {"extra-backend": {"enabled": True}}}, registry)
     assert config.sources["extra-source"] == {"period": 0.25}
-    with pytest.raises(ConfigError, match="sources.extra-source.period"):
+    with pytest.raises(ConfigError, match=r"sources\.extra-source\.period"):
         build_config({"sources": {"extra-source": {"period": "soon"}},
                       "backends": {"extra-backend": {"enabled": True}}}, registry)
