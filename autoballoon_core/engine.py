@@ -547,9 +547,13 @@ class Engine:
             log.info("guest %s found: max %d MiB, balloon at %d MiB", info.id,
                      info.max_bytes >> 20, info.actual_bytes >> 20)
         else:
+            # Re-reported (a reconnect, a restarted QEMU): adopt its balloon anew.
             state.max_bytes = info.max_bytes
             state.actual_bytes = info.actual_bytes
             state.reachable = True
+            state.target_bytes = None
+            state.target_set_time = None
+            state.target_start_bytes = None
         state.channel_path = info.channel_path
         self._apply_overrides(state, info)
         for source in self.sources.values():

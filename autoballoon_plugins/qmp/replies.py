@@ -1,0 +1,169 @@
+"""Validation of what QEMU answers: balloon sizes, memory size, balloon stats.
+
+Everything a guest can influence (its balloon stats, its balloon size) is
+untrusted: these functions never raise on bad input. They drop bad values and
+tell :class:`LogOnce` about them, so a guest that keeps sending garbage is
+logged once per kind of garbage, not once per poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoballoon_core.model import GuestStats
+
+log = logging.getLogger("autoballoon.qmp")
+
+UNSUPPORTED = (-1, 2**64 - 1)
+"""QEMU's "the guest does not report this" (-1, or -1 as an unsigned 64-bit)."""
+
+COUNTER_LIMIT = 2**63 - 1
+"""The largest plausible cumulative counter (swap bytes, page faults)."""
+
+MEMORY_FIELDS: Mapping[str, str] = {
+    "stat-total-memory": "total",
+    "stat-free-memory": "free",
+    "stat-available-memory": "available",
+    "stat-disk-caches": "caches",
+}
+"""Stats that are amounts of guest memory: never more than the guest's maximum."""
+
+COUNTER_FIELDS: Mapping[str, str] = {
+    "stat-swap-in": "swap_in",
+    "stat-swap-out": "swap_out",
+    "stat-major-faults": "major_faults",
+    "stat-minor-faults": "minor_faults",
+}
+"""Stats that are cumulative counters."""
+
+
+class LogOnce:
+    """Log a warning the first time a key is seen; stay quiet after that.
+
+    Bounded: after ``limit`` distinct keys further ones are not remembered
+    (nor logged), so a hostile guest cannot grow it without end.
+    """
+
+    def __init__(self, logger: logging.Logger = log, limit: int = 256) -> None:
+        self._logger = logger
+        self._limit = limit
+        self._seen: set[tuple[str, ...]] = set()
+
+    def warning(self, key: tuple[str, ...], message: str, *args: object) -> bool:
+        """Log ``message % args`` unless ``key`` was logged before; True if logged."""
+        if key in self._seen or len(self._seen) >= self._limit:
+            return False
+        self._seen.add(key)
+        self._logger.warning(message, *args)
+        return True
+
+    def forget(self, prefix: str) -> None:
+        """Forget every key that starts with ``prefix`` (e.g. a guest that left)."""
+        self._seen = {key for key in self._seen if not key or key[0] != prefix}
+
+
+class BadReply(ValueError):
+    """A reply QEMU should never give; the message says what was wrong."""
+
+
+def _plain_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def parse_actual(reply: object, max_bytes: int | None = None) -> int:
+    """The balloon's ``actual`` from a ``query-balloon`` reply or a ``BALLOON_CHANGE``.
+
+    Raises :class:`BadReply` unless it is a positive integer no larger than
+    ``max_bytes`` (when given).
+    """
+    if not isinstance(reply, Mapping):
+        raise BadReply(f"expected an object with 'actual', got {type(reply).__name__}")
+    actual = _plain_int(reply.get("actual"))
+    if actual is None or actual <= 0:
+        raise BadReply(f"'actual' must be a positive integer, got {reply.get('actual')!r}")
+    if max_bytes is not None and actual > max_bytes:
+        raise BadReply(f"'actual' {actual} is above the guest's maximum {max_bytes}")
+    return actual
+
+
+def parse_memory_size(reply: object) -> int:
+    """Guest maximum memory from ``query-memory-size-summary``: base plus plugged.
+
+    The balloon's ``actual`` counts hot-plugged DIMMs too, so the maximum does.
+    """
+    if not isinstance(reply, Mapping):
+        raise BadReply(f"expected an object with 'base-memory', got {type(reply).__name__}")
+    base = _plain_int(reply.get("base-memory"))
+    if base is None or base <= 0 or base > COUNTER_LIMIT:
+        raise BadReply(
+            f"'base-memory' must be a positive integer, got {reply.get('base-memory')!r}"
+        )
+    plugged_raw = reply.get("plugged-memory", 0)
+    plugged = _plain_int(plugged_raw)
+    if plugged is None or plugged < 0 or plugged > COUNTER_LIMIT - base:
+        raise BadReply(f"'plugged-memory' must be a non-negative integer, got {plugged_raw!r}")
+    return base + plugged
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """A validated ``guest-stats`` reply."""
+
+    last_update: int
+    stats: GuestStats
+
+
+def parse_guest_stats(
+    reply: object,
+    *,
+    max_bytes: int | None,
+    now: float,
+    guest: str = "",
+    once: LogOnce | None = None,
+) -> StatsReply | None:
+    """Map a ``qom-get guest-stats`` reply onto :class:`GuestStats`.
+
+    Returns None when the reply as a whole is unusable (logged once). Single
+    bad values (wrong type, negative, a memory figure above ``max_bytes``, a
+    counter above :data:`COUNTER_LIMIT`) become None and are logged once per
+    guest and stat; QEMU's "unsupported" marker becomes None silently.
+    """
+    once = once if once is not None else LogOnce()
+    if not isinstance(reply, Mapping):
+        once.warning((guest, "reply"), "%s: guest-stats reply is not an object: %.80r",
+                     guest, reply)
+        return None
+    stats = reply.get("stats")
+    last_update = _plain_int(reply.get("last-update"))
+    if not isinstance(stats, Mapping) or last_update is None:
+        once.warning((guest, "shape"), "%s: guest-stats reply lacks 'stats' or 'last-update': "
+                     "%.200r", guest, reply)
+        return None
+    values: dict[str, int | None] = {}
+    for key, field in (*MEMORY_FIELDS.items(), *COUNTER_FIELDS.items()):
+        limit = COUNTER_LIMIT
+        if key in MEMORY_FIELDS and max_bytes is not None:
+            limit = max_bytes
+        values[field] = _stat_value(stats.get(key), key, limit, guest, once)
+    return StatsReply(last_update, GuestStats(time=now, **values))
+
+
+def _stat_value(value: object, key: str, limit: int, guest: str, once: LogOnce) -> int | None:
+    if value is None:
+        return None
+    number = _plain_int(value)
+    if number is None:
+        once.warning((guest, key, "type"), "%s: %s is not an integer (%.40r): dropped",
+                     guest, key, value)
+        return None
+    if number in UNSUPPORTED:
+        return None
+    if number < 0 or number > limit:
+        once.warning((guest, key, "range"), "%s: %s = %d is out of range 0..%d: dropped",
+                     guest, key, number, limit)
+        return None
+    return number
