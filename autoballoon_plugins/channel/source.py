@@ -1,0 +1,394 @@
+"""The ``guest-channel`` pressure source: one agent connection per guest.
+
+For every guest with an agent channel (a unix socket on which QEMU is the
+server, ``server=on,wait=off``) a task connects, reads bounded chunks, splits
+them into bounded lines and hands each line, if the guest's token bucket
+allows, to the pure parser. Valid ``pressure`` messages become
+:class:`PressureEvent` s for that guest; everything else is counted per guest
+and per reason, and logged at most once per ``log_interval`` per guest.
+A guest can only ever affect its own events: its link has its own buffer,
+bucket and counters, and yields to the loop after every chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import string
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoballoon_core.interfaces import EmitFn, PressureSource, SourceUnavailable
+from autoballoon_core.model import GuestId, GuestState, PressureEvent, PressureLevel
+
+from .protocol import (
+    TOO_LONG,
+    Drop,
+    DropReason,
+    Heartbeat,
+    Hello,
+    LineSplitter,
+    Message,
+    Pressure,
+    parse_line,
+)
+from .ratelimit import TokenBucket
+
+NAME = "guest-channel"
+READ_CHUNK = 16 * 1024
+INITIAL_BACKOFF = 0.1
+TEMPLATE_FIELDS = ("id", "name", "backend")
+
+log = logging.getLogger("autoballoon.source.guest-channel")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """The source's options, parsed."""
+
+    max_line: int = 1024
+    rate: float = 20.0
+    burst: int = 40
+    reconnect_max: float = 5.0
+    socket: str = ""
+    log_interval: float = 10.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ChannelSettings:
+        return cls(
+            max_line=int(options["max_line"]),
+            rate=float(options["rate"]),
+            burst=int(options["burst"]),
+            reconnect_max=float(options["reconnect_max"]),
+            socket=str(options["socket"]),
+            log_interval=float(options["log_interval"]),
+        )
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError when ``template`` uses a field other than {id}, {name}, {backend}."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"socket template {template!r}: {exc}") from None
+    for _, field_name, _, _ in parsed:
+        if field_name is not None and field_name not in TEMPLATE_FIELDS:
+            allowed = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            raise ValueError(
+                f"socket template {template!r}: unknown field {{{field_name}}} "
+                f"(allowed: {allowed})"
+            )
+
+
+def channel_path_for(guest: GuestState, template: str) -> str | None:
+    """The guest's channel socket: its own, else the template's, else None."""
+    if guest.channel_path:
+        return guest.channel_path
+    if not template:
+        return None
+    return template.format(id=guest.id, name=guest.name, backend=guest.backend)
+
+
+class GuestLink:
+    """One guest's agent connection, its limits, counters and last agent view.
+
+    :meth:`feed` is synchronous and does all the per-byte work, so it can be
+    tested (and fuzzed) without sockets; :meth:`run` is the connection task.
+    """
+
+    def __init__(
+        self,
+        guest: GuestId,
+        path: str,
+        max_bytes: int,
+        settings: ChannelSettings,
+        emit: EmitFn,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.guest = guest
+        self.path = path
+        self.max_bytes = max_bytes
+        self.settings = settings
+        self.clock = clock
+        self._emit = emit
+        self._splitter = LineSplitter(settings.max_line)
+        self._bucket = TokenBucket(settings.rate, settings.burst, clock())
+        self.connected = False
+        self.connects = 0
+        self.messages: collections.Counter[str] = collections.Counter()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.events = 0
+        self.seq_gaps = 0
+        self.hello: Hello | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.heartbeat_time: float | None = None
+        self.pressure: Pressure | None = None
+        self.pressure_time: float | None = None
+        self.level = PressureLevel.NONE
+        self._last_seq: int | None = None
+        self._last_log = -float("inf")
+        self._unlogged = 0
+        self._last_drop: Drop | None = None
+        self._warned_connect = False
+
+    # -- bytes in ------------------------------------------------------------------
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Take a chunk of the stream; ``now`` is when it was read."""
+        for item in self._splitter.feed(data):
+            if item is TOO_LONG:
+                self._dropped(Drop(DropReason.TOO_LONG, f"over {self.settings.max_line} bytes"),
+                              now)
+                continue
+            if not self._bucket.allow(now):
+                self._dropped(Drop(DropReason.RATE_LIMITED,
+                                   f"over {self.settings.rate:g}/s, burst {self.settings.burst}"),
+                              now)
+                continue
+            assert isinstance(item, bytes)
+            result = parse_line(item, self.settings.max_line)
+            if isinstance(result, Drop):
+                self._dropped(result, now)
+            else:
+                self._accept(result, now)
+
+    def reset_stream(self) -> None:
+        """Forget a partial line (the connection was closed)."""
+        self._splitter = LineSplitter(self.settings.max_line)
+
+    def _accept(self, message: Message, now: float) -> None:
+        if isinstance(message, Hello):
+            self.messages["hello"] += 1
+            self.hello = message
+            self._last_seq = message.seq
+            return
+        if self._last_seq is not None and message.seq > self._last_seq + 1:
+            self.seq_gaps += message.seq - self._last_seq - 1
+        self._last_seq = message.seq
+        if isinstance(message, Pressure):
+            self.messages["pressure"] += 1
+            self.pressure = message
+            self.pressure_time = now
+            want = 0 if message.level is PressureLevel.NONE else min(message.want, self.max_bytes)
+            self._send(message.level, now, want, message.psi or 0.0)
+        else:
+            self.messages["heartbeat"] += 1
+            self.heartbeat = message
+            self.heartbeat_time = now
+            if message.level is PressureLevel.NONE and self.level is not PressureLevel.NONE:
+                # The agent says pressure is over: tell the engine at once.
+                self._send(PressureLevel.NONE, now, 0, 0.0)
+
+    def _send(self, level: PressureLevel, now: float, want: int, value: float) -> None:
+        self.level = level
+        self.events += 1
+        event = PressureEvent(source=NAME, level=level, time=now, guest=self.guest,
+                              value=value, wanted_bytes=want)
+        try:
+            self._emit(event)
+        except Exception:
+            log.exception("emitting an event of guest %s failed", self.guest)
+
+    def _dropped(self, drop: Drop, now: float) -> None:
+        self.drops[drop.reason.value] += 1
+        self._unlogged += 1
+        self._last_drop = drop
+        if now - self._last_log >= self.settings.log_interval:
+            log.warning(
+                "guest %s: dropped %d agent message(s) since the last report (totals: %s); "
+                "last: %s %s", self.guest, self._unlogged,
+                ", ".join(f"{k} {v}" for k, v in sorted(self.drops.items())),
+                drop.reason.value, drop.detail,
+            )
+            self._last_log = now
+            self._unlogged = 0
+
+    # -- the connection --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, read until EOF, reconnect with back-off; until cancelled."""
+        delay = INITIAL_BACKOFF
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(
+                    self.path, limit=max(self.settings.max_line, READ_CHUNK)
+                )
+            except ValueError as exc:  # e.g. a NUL byte in the path: retrying cannot help
+                log.error("guest %s: bad agent channel path %r: %s", self.guest, self.path, exc)
+                return
+            except OSError as exc:
+                if not self._warned_connect:
+                    log.info("guest %s: agent channel %s not connectable (%s); retrying",
+                             self.guest, self.path, exc.strerror or exc)
+                    self._warned_connect = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max)
+                continue
+            self.connected = True
+            self.connects += 1
+            self._warned_connect = False
+            delay = INITIAL_BACKOFF
+            log.info("guest %s: agent channel %s connected", self.guest, self.path)
+            try:
+                await self._read(reader)
+            except (OSError, ConnectionError) as exc:
+                log.info("guest %s: agent channel failed: %s", self.guest, exc)
+            finally:
+                self.connected = False
+                self.reset_stream()
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            log.info("guest %s: agent channel closed; reconnecting", self.guest)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            self.feed(data, self.clock())
+            # A flooding guest must not hold the loop: one chunk per turn.
+            await asyncio.sleep(0)
+
+    def describe(self) -> dict[str, Any]:
+        now = self.clock()
+        view: dict[str, Any] = {
+            "path": self.path,
+            "connected": self.connected,
+            "connects": self.connects,
+            "messages": dict(self.messages),
+            "dropped": dict(self.drops),
+            "events": self.events,
+            "seq_gaps": self.seq_gaps,
+            "level": self.level.name.lower(),
+        }
+        if self.hello is not None:
+            view["agent"] = self.hello.agent
+            view["mode"] = self.hello.mode
+        if self.heartbeat is not None and self.heartbeat_time is not None:
+            view["heartbeat"] = {
+                "age": now - self.heartbeat_time,
+                "level": self.heartbeat.level.name.lower(),
+                "total": self.heartbeat.total,
+                "free": self.heartbeat.free,
+                "avail": self.heartbeat.avail,
+            }
+        if self.pressure is not None and self.pressure_time is not None:
+            view["pressure"] = {
+                "age": now - self.pressure_time,
+                "level": self.pressure.level.name.lower(),
+                "want": self.pressure.want,
+            }
+        return view
+
+
+class GuestChannelSource(PressureSource):
+    """Guest-scoped source: follows guests through guest_added/guest_removed."""
+
+    name = NAME
+
+    def __init__(self, settings: ChannelSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.links: dict[GuestId, GuestLink] = {}
+        self._tasks: dict[GuestId, asyncio.Task[None]] = {}
+        self._emit: EmitFn | None = None
+        self._stopped: asyncio.Event | None = None
+
+    async def open(self) -> None:
+        try:
+            check_template(self.settings.socket)
+        except ValueError as exc:
+            raise SourceUnavailable(f"source {NAME}: {exc}") from None
+
+    async def run(self, emit: EmitFn) -> None:
+        self._emit = emit
+        for guest in list(self.links):
+            self._start(guest)
+        self._stopped = asyncio.Event()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._cancel_all()
+
+    async def close(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+        await self._cancel_all()
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _emit_event(self, event: PressureEvent) -> None:
+        if self._emit is not None:
+            self._emit(event)
+
+    def guest_added(self, guest: GuestState) -> None:
+        try:
+            path = channel_path_for(guest, self.settings.socket)
+        except (KeyError, ValueError, IndexError) as exc:
+            log.warning("guest %s: cannot build its channel path: %s", guest.id, exc)
+            return
+        if path is None:
+            log.debug("guest %s has no agent channel", guest.id)
+            return
+        link = self.links.get(guest.id)
+        if link is not None and link.path == path:
+            link.max_bytes = guest.max_bytes
+            return
+        if link is not None:
+            self._stop(guest.id)
+        self.links[guest.id] = GuestLink(guest.id, path, guest.max_bytes, self.settings,
+                                         self._emit_event, self.clock)
+        if self._emit is not None:
+            self._start(guest.id)
+
+    def guest_removed(self, guest: GuestId) -> None:
+        self._stop(guest)
+        self.links.pop(guest, None)
+
+    def _start(self, guest: GuestId) -> None:
+        if guest in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.links[guest].run(), name=f"guest-channel-{guest}"
+        )
+        self._tasks[guest] = task
+        task.add_done_callback(functools.partial(self._task_done, guest))
+
+    def _task_done(self, guest: GuestId, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(guest) is task:
+            del self._tasks[guest]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("guest %s: agent channel task failed", guest,
+                      exc_info=task.exception())
+
+    def _stop(self, guest: GuestId) -> None:
+        task = self._tasks.pop(guest, None)
+        if task is not None:
+            task.cancel()
+
+    def readings(self) -> Mapping[str, float]:
+        return {
+            "guest-channel.connected": float(
+                sum(1 for link in self.links.values() if link.connected)),
+            "guest-channel.dropped": float(
+                sum(sum(link.drops.values()) for link in self.links.values())),
+        }
+
+    def describe(self) -> Mapping[str, object]:
+        return {"guests": {gid: link.describe() for gid, link in sorted(self.links.items())}}
