@@ -1,0 +1,1 @@
+"""Shipped demand traces (JSON); see autoballoon_sim.traces module docs."""

@@ -1,0 +1,81 @@
+"""The host and guest memory model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autoballoon_core.model import GiB, MiB, PressureLevel
+from autoballoon_sim.model import HostModel, ModelParams
+
+
+def model(n: int = 2, total: float = 8 * GiB, cache_rate: float = 0.0,
+          **params: object) -> HostModel:
+    return HostModel(np.full(n, 4.0 * GiB), total, np.full(n, cache_rate),
+                     np.full(n, 2.0 * GiB), ModelParams(**params))  # type: ignore[arg-type]
+
+
+def test_caches_grow_until_free_memory_runs_out() -> None:
+    m = model(cache_rate=100 * MiB)
+    for t in range(1, 100):
+        m.step(float(t), 1.0, np.full(2, 0.25))
+    assert np.allclose(m.cache, 2 * GiB)  # the cache ceiling
+    assert m.used > 2 * (GiB + 2 * GiB)
+
+
+def test_balloon_moves_at_its_rates_and_not_into_used_memory() -> None:
+    m = model()
+    m.target[:] = 2 * GiB
+    m.step(1.0, 1.0, np.full(2, 0.25))
+    assert np.allclose(m.actual, 4 * GiB - 600 * MiB)
+    m.target[:] = 4 * GiB
+    m.step(2.0, 1.0, np.full(2, 0.25))
+    assert np.allclose(m.actual, 4 * GiB)
+    m.target[:] = 0
+    for t in range(3, 20):
+        m.step(float(t), 1.0, np.full(2, 0.25))
+    assert np.all(m.actual >= m.kernel + m.demand)
+
+
+def test_guest_pressure_and_deflate_on_oom() -> None:
+    m = model()
+    m.target[:] = 1.3 * GiB
+    for t in range(1, 10):
+        m.step(float(t), 1.0, np.full(2, 0.25))
+    pressured, wanted = m.pressure()
+    assert pressured.all() and (wanted > 0).all()
+    m.step(10.0, 1.0, np.full(2, 0.5))  # demand beyond the ballooned size
+    assert m.metrics.guest_oom_deflates == 2
+    assert np.all(m.actual >= m.kernel + m.demand)
+    assert sorted(m.oom_deflated.tolist()) == [0, 1]
+
+
+def test_without_deflate_on_oom_the_guest_kills_a_process() -> None:
+    m = model(deflate_on_oom=False)
+    m.target[:] = 1.3 * GiB
+    for t in range(1, 10):
+        m.step(float(t), 1.0, np.full(2, 0.25))
+    m.step(10.0, 1.0, np.full(2, 0.5))
+    assert m.metrics.guest_oom_kills == 2 and m.metrics.guest_oom_deflates == 0
+    assert np.all(m.actual < 1.4 * GiB)
+
+
+def test_host_over_its_limit_kills_the_largest_guest_which_restarts() -> None:
+    m = model(n=3, total=5 * GiB, restart_delay=30.0)
+    share = np.array([0.3, 0.6, 0.3])
+    m.step(1.0, 1.0, share)
+    assert m.metrics.host_oom_kills == 1 and not m.alive[1]
+    assert m.used <= m.total
+    for t in range(2, 40):
+        m.step(float(t), 1.0, np.array([0.3, 0.1, 0.3]))
+    assert m.alive.all() and m.metrics.guest_down_s >= 29
+
+
+def test_stall_time_and_levels_follow_host_usage() -> None:
+    m = model(n=2, total=4.1 * GiB)
+    m.step(1.0, 1.0, np.full(2, 0.45))
+    assert m.used / m.total > 0.97
+    assert m.level is PressureLevel.MEDIUM or m.level is PressureLevel.CRITICAL
+    assert m.metrics.host_stall_s == 1.0
+    calm = model(n=2, total=16 * GiB)
+    calm.step(1.0, 1.0, np.full(2, 0.2))
+    assert calm.level is PressureLevel.NONE and calm.metrics.host_stall_s == 0.0
