@@ -44,7 +44,7 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
 )
 
 ENGINE_OPTIONS: tuple[Option, ...] = (
-    Option("policy", Kind.STR, "seed-levels", "The active policy, by name."),
+    Option("policy", Kind.STR, "autoballoon", "The active policy, by name."),
     Option("coalesce_interval", Kind.DURATION, 1.0,
            "Host events within this interval after a round are merged; when it ends, one "
            "more round runs only if their highest level is above the last round's.",
