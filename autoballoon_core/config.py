@@ -224,7 +224,12 @@ def read_raw(paths: Sequence[Path], *, main_optional: bool = False) -> _Raw:
             raise ConfigError(str(path), "-", f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), "-", f"not valid TOML: {exc}") from None
-        raw.merge(table, str(path))
+        except RecursionError:
+            raise ConfigError(str(path), "-", "not valid TOML: nested too deeply") from None
+        try:
+            raw.merge(table, str(path))
+        except RecursionError:
+            raise ConfigError(str(path), "-", "tables nested too deeply") from None
     return raw
 
 

@@ -8,6 +8,7 @@ time with the file, the key, the value and what is allowed.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ _SIZE_UNITS = {
     "tib": 1024**4,
 }
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
+MAX_SIZE = 2**63 - 1
+MAX_DURATION = 10 * 365 * 86400.0
 _NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -57,11 +60,16 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise OptionError("a size cannot be negative")
+        if value > MAX_SIZE:
+            raise OptionError("too large (at most 8 EiB)")
         return value
     if isinstance(value, str):
         match = _NUMBER_WITH_UNIT.match(value)
         if match and match.group(2).lower() in _SIZE_UNITS:
-            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+            size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+            if size > MAX_SIZE:
+                raise OptionError("too large (at most 8 EiB)")
+            return int(size)
     raise OptionError("expected a size such as 16777216, \"16MiB\" or \"1GiB\"")
 
 
@@ -70,13 +78,16 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise OptionError("expected a duration such as 2, 0.5, \"500ms\" or \"2s\"")
     if isinstance(value, int | float):
-        if value < 0:
-            raise OptionError("a duration cannot be negative")
+        if not 0 <= value <= MAX_DURATION:
+            raise OptionError("a duration cannot be negative or longer than ten years")
         return float(value)
     if isinstance(value, str):
         match = _NUMBER_WITH_UNIT.match(value)
         if match and match.group(2).lower() in _DURATION_UNITS:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+            if seconds > MAX_DURATION:
+                raise OptionError("too long (at most ten years)")
+            return seconds
     raise OptionError("expected a duration such as 2, 0.5, \"500ms\" or \"2s\"")
 
 
@@ -93,9 +104,9 @@ def _parse_int(value: object) -> int:
 
 
 def _parse_float(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    raise OptionError("expected a number")
+    raise OptionError("expected a finite number")
 
 
 def _parse_str(value: object) -> str:

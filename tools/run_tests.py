@@ -14,9 +14,10 @@ import time
 NO_TESTS_COLLECTED = 5
 
 STAGES: list[tuple[str, list[str]]] = [
-    ("unit", ["tests/unit", "-x", "-q"]),
-    ("integration", ["tests/integration", "-q"]),
-    ("end-to-end", ["tests/e2e", "-q"]),
+    ("unit", ["tests/unit", "-x", "-q", "--ignore-glob=*fuzz*"]),
+    ("fuzz", ["tests/unit", "-q", "-k", "fuzz", "--durations=5"]),
+    ("integration", ["tests/integration", "-q", "--durations=10"]),
+    ("end-to-end", ["tests/e2e", "-q", "--durations=10"]),
 ]
 
 
