@@ -1,7 +1,7 @@
 """``autoballoonctl``: talk to a running daemon, or check a configuration.
 
 Commands: ``status`` (a table of host pressure and every guest), ``top`` (the
-same, refreshing), ``check-config``, ``reload``.
+same, refreshing), ``check-config``, ``reload``, ``plot`` (an audit log as a PNG).
 Exit codes: 0 fine, 1 daemon unreachable or command failed, 2 bad config.
 """
 
@@ -105,6 +105,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from autoballoon_core.plot import plot_audit
+
+    plot_audit(args.log, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     reply = control.request(args.socket, "reload")
     if reply.get("ok") and reply.get("reloaded"):
@@ -130,6 +138,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     check.set_defaults(func=cmd_check_config)
     reload = sub.add_parser("reload", help="make the daemon re-read its configuration")
     reload.set_defaults(func=cmd_reload)
+    plot = sub.add_parser("plot", help="draw an audit log: host pressure, balloons, actions")
+    plot.add_argument("log", type=Path, help="the JSON-lines audit log ([daemon] audit_log)")
+    plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"))
+    plot.set_defaults(func=cmd_plot)
     return parser.parse_args(argv)
 
 

@@ -73,6 +73,7 @@ class Daemon:
         self.notifier = Notifier()
         self.engine = Engine(loaded.config, loaded.manager, loaded.registry)
         self.audit: AuditLog | None = None
+        self.metrics: Any = None
         self.control: ControlServer | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -83,6 +84,11 @@ class Daemon:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._open_audit(self.loaded.config.daemon["audit_log"])
+        try:
+            self.metrics = self._install_metrics()
+        except (OSError, ImportError) as exc:
+            log.error("cannot serve metrics: %s", exc)
+            return EXIT_START
         try:
             await self.engine.start()
         except SourceUnavailable as exc:
@@ -114,9 +120,21 @@ class Daemon:
             watchdog.cancel()
         await self.control.stop()
         await self.engine.stop(release=self.engine.config.guards["release_on_exit"])
+        if self.metrics is not None:
+            self.metrics.close()
         if self.audit is not None:
             self.audit.close()
         return 0
+
+    def _install_metrics(self) -> Any:
+        """Count through the hooks always; serve HTTP when ``[metrics] enabled``."""
+        try:
+            from autoballoon_core import metrics
+        except ImportError:
+            if self.loaded.config.metrics["enabled"]:
+                raise
+            return None
+        return metrics.install(self.loaded.manager, self.engine, self.loaded.config.metrics)
 
     def _summary(self) -> str:
         config = self.engine.config

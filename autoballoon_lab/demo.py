@@ -155,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
             watch(console, daemon, args.calm_seconds, "calm again: memory goes back", lab)
             records = daemon.audit()
         summarize(console, records, lab, hog_killed)
-        console.print(f"audit log and daemon log were in {lab.run_dir} (removed now)")
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        from autoballoon_core.plot import plot_audit
+
+        plot_audit(daemon.audit_log, args.plot)
+        console.print(f"timeline of the run written to {args.plot} "
+                      f"(autoballoonctl plot AUDIT_LOG -o FILE draws any audit log)")
     return 0
 
 
@@ -166,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hog-rate", type=float, default=40.0, help="hog growth in MiB/s")
     parser.add_argument("--pressure-seconds", type=float, default=25.0)
     parser.add_argument("--calm-seconds", type=float, default=25.0)
+    parser.add_argument("--plot", type=Path, default=Path(".cache/demo/autoballoon-demo.png"),
+                        help="where to write the timeline of the run")
     args = parser.parse_args(argv)
     missing = _missing()
     if missing:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from autoballoon_core.ctl import main as ctl_main
 from autoballoon_lab import GuestConfig, Lab, QMPClient
 from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.prereq import require_lab
@@ -147,6 +148,9 @@ def test_real_vmpressure_inflates_by_exactly_one_step_per_round_down_to_the_floo
             assert previous - action["target"] == STEP, action
         previous = action["target"]
     assert previous == FLOOR, f"did not reach the floor: {[a['target'] >> 20 for a in actions]}"
+    plot = lab.run_dir / "run.png"
+    assert ctl_main(["plot", str(lab.run_dir / "audit.jsonl"), "-o", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     deadline = time.monotonic() + 20
     while actual_balloon(lab) != FLOOR and time.monotonic() < deadline:
         time.sleep(0.5)
