@@ -5,10 +5,12 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
 BASE_PYTHON ?= /usr/bin/python3
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
-	libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio
+	libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio openssh-server \
+	openssh-client
 STAMP := .cache/stamps
 
-.PHONY: all deps venv image demo test test-unit test-integration bench lint clean
+.PHONY: all deps venv image demo test test-unit test-integration bench lint ansible-check \
+	molecule clean
 
 all: test
 
@@ -50,6 +52,12 @@ test-integration: deps
 
 bench: deps
 	$(PY) -m bench
+
+ansible-check: deps
+	$(PY) tools/ansible_checks.py
+
+molecule: deps
+	molecule test
 
 lint: deps
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import Backend, BackendSpec, PluginContext
 from autoballoon_core.options import Kind, Option
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 
 NAME = "qmp"
 
@@ -52,6 +51,10 @@ OPTIONS: tuple[Option, ...] = (
 
 def create(context: PluginContext) -> Backend:
     """The backend factory (options already validated by the core)."""
+    # Imported here so the daemon loads without the ``qmp`` extra (qemu.qmp)
+    # when this backend is not enabled.
+    from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
+
     return QMPBackend(context.name, QMPSettings.from_options(context.options))
 
 
@@ -65,4 +68,4 @@ def autoballoon_register_backends(register: Callable[[BackendSpec], None]) -> No
     ))
 
 
-__all__ = ["NAME", "OPTIONS", "QMPBackend", "QMPSettings", "autoballoon_register_backends"]
+__all__ = ["NAME", "OPTIONS", "autoballoon_register_backends"]

@@ -13,7 +13,8 @@ from autoballoon_core.config import ConfigError
 from autoballoon_core.interfaces import PluginContext
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 from autoballoon_core.testing import build_config
-from autoballoon_plugins.qmp import OPTIONS, QMPBackend, QMPSettings, create
+from autoballoon_plugins.qmp import OPTIONS, create
+from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.discovery import (
     SocketScanner,
     backoff_delay,

@@ -21,7 +21,7 @@ import pytest
 
 from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
-from autoballoon_plugins.qmp import QMPBackend, QMPSettings
+from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.guest import GuestSettings
 
 MAX = 512 * MiB

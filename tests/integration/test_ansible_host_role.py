@@ -1,0 +1,159 @@
+"""The ``autoballoon.kvm.host`` role's configuration part on this machine.
+
+Runs the role with ``ansible-playbook`` (tags ``autoballoon_configure``: the
+install and systemd parts need a systemd host, see the molecule scenario)
+into temporary directories, with the project's own ``autoballoonctl`` as the
+validator. Checks: the rendered ``autoballoon.toml`` passes ``check-config``
+and says what the variables say; a second run changes nothing; check mode
+changes nothing; a variable of the wrong type is rejected by
+``meta/argument_specs.yml`` before anything changes; a configuration the
+daemon would reject never replaces the current file; the hook installed is
+``hooks/libvirt/qemu`` with the configured interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOK = ROOT / "hooks" / "libvirt" / "qemu"
+PLAYBOOK = """- name: Configure autoballoon
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: autoballoon.kvm.host
+"""
+
+
+def _build_tree(base: Path) -> None:
+    spec = importlib.util.spec_from_file_location("ansible_checks",
+                                                  ROOT / "tools" / "ansible_checks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build_tree(base)
+
+
+@pytest.fixture(scope="module")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (Path(sys.executable).parent / "ansible-playbook").exists():
+        pytest.fail("ansible-playbook is not installed beside this Python (extra 'ansible')")
+    if os.geteuid() != 0:
+        pytest.skip("the role writes files owned by root")
+    base = tmp_path_factory.mktemp("collections")
+    _build_tree(base)
+    return base
+
+
+def play(base: Path, work: Path, extra: dict[str, Any], *,
+         check: bool = False) -> subprocess.CompletedProcess[str]:
+    variables = {
+        "ansible_python_interpreter": sys.executable,
+        "autoballoon_venv": str(Path(sys.executable).parent.parent),
+        "autoballoon_python": sys.executable,
+        "autoballoon_config_dir": str(work / "etc"),
+        "autoballoon_libvirt_hooks_dir": str(work / "hooks"),
+        "autoballoon_libvirt_restart_on_hook_change": False,
+        "autoballoon_service_state": "stopped",
+        **extra,
+    }
+    (work / "vars.json").write_text(json.dumps(variables))
+    (work / "play.yml").write_text(PLAYBOOK)
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_COLLECTIONS_PATH": str(base),
+        "ANSIBLE_HOME": str(base / ".ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(base / ".ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-c", "local", "-i",
+               "localhost,", str(work / "play.yml"), "-e", f"@{work / 'vars.json'}",
+               "--tags", "autoballoon_configure"]
+    if check:
+        command.append("--check")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+
+
+def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    match = re.search(r"localhost\s*:\s*(.*)", proc.stdout.split("PLAY RECAP")[-1])
+    assert match, proc.stdout + proc.stderr
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+SETTINGS: dict[str, Any] = {
+    "autoballoon_policy": "seed-fixed",
+    "autoballoon_guards": {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"},
+    "autoballoon_daemon": {"log_level": "debug"},
+    "autoballoon_sources": {"psi": {"enabled": True}},
+    "autoballoon_guests": {"libvirt:db-*": {"managed": False},
+                           "web \"quoted\"": {"floor": "1GiB", "weight": 2.5}},
+    "autoballoon_plugins_block": [],
+}
+
+
+def test_configure_renders_a_valid_file_idempotently(collections_path: Path,
+                                                     tmp_path: Path) -> None:
+    proc = play(collections_path, tmp_path, SETTINGS, check=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (tmp_path / "etc" / "autoballoon.toml").exists(), "check mode wrote the file"
+
+    proc = play(collections_path, tmp_path, SETTINGS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert recap(proc)["changed"] >= 3
+    config_file = tmp_path / "etc" / "autoballoon.toml"
+    config = tomllib.loads(config_file.read_text())
+    assert config["engine"]["policy"] == "seed-fixed"
+    assert config["daemon"]["log_level"] == "debug"
+    assert config["daemon"]["control_socket"] == "/run/autoballoon/control.sock"
+    assert config["guards"] == {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"}
+    assert config["backends"]["libvirt"] == {"enabled": True, "uri": "qemu:///system"}
+    assert config["guests"]["web \"quoted\""] == {"floor": "1GiB", "weight": 2.5}
+    assert config["guests"]["libvirt:db-*"] == {"managed": False}
+    check = subprocess.run([str(Path(sys.executable).parent / "autoballoonctl"), "check-config",
+                            "-c", str(config_file)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+
+    hook = tmp_path / "hooks" / "qemu.d" / "autoballoon"
+    source = HOOK.read_text().splitlines(keepends=True)
+    assert hook.read_text() == f"#!{sys.executable}\n" + "".join(source[1:])
+    assert os.access(hook, os.X_OK)
+
+    again = play(collections_path, tmp_path, SETTINGS)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert recap(again)["changed"] == 0, again.stdout
+
+
+def test_wrong_type_is_rejected_before_anything_changes(collections_path: Path,
+                                                        tmp_path: Path) -> None:
+    proc = play(collections_path, tmp_path, {"autoballoon_daemon": {"log_level": "loud"}})
+    assert proc.returncode != 0
+    assert "argument_specs" in proc.stdout or "arg spec" in proc.stdout, proc.stdout
+    assert "log_level" in proc.stdout
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "hooks").exists()
+
+
+def test_rejected_configuration_keeps_the_current_file(collections_path: Path,
+                                                        tmp_path: Path) -> None:
+    proc = play(collections_path, tmp_path, SETTINGS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config_file = tmp_path / "etc" / "autoballoon.toml"
+    good = config_file.read_text()
+    proc = play(collections_path, tmp_path, {**SETTINGS, "autoballoon_policy": "no-such-policy"})
+    assert proc.returncode != 0
+    assert "no-such-policy" in proc.stdout, proc.stdout
+    assert config_file.read_text() == good

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Check the Ansible collection autoballoon.kvm the way Galaxy users' CI would.
+
+Copies ``ansible_collection/`` into a temporary
+``ansible_collections/autoballoon/kvm`` tree (ansible-test only runs from such
+a path) and runs there, in order:
+
+1. ``ansible-test sanity`` (the controller and target Python given by
+   ``--python``, default 3.11), with ``--venv --requirements``: ansible-test
+   installs each test's pinned requirements from PyPI into its own cached
+   virtualenv under ``.cache/ansible-test/.ansible/test/venv`` (HOME is
+   pointed there: downloaded once, reused after). ansible-test bootstraps pip
+   into those virtualenvs with a script it downloads from outside PyPI; this
+   tool puts a local stand-in in its cache instead (see :func:`seed_get_pip`),
+   so PyPI is the only network source;
+2. ``ansible-test units`` (the collection's ``tests/unit``; its
+   ``tests/unit/requirements.txt`` brings libvirt-python, which builds against
+   the Debian packages ``libvirt-dev`` and ``pkg-config``);
+3. ``ansible-lint --profile production`` on the collection.
+
+Exit status: 0 when all passed, 1 when one failed, 2 when a tool is missing.
+Run it with the project's virtualenv first on PATH (ansible-test, ansible-lint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLLECTION = ROOT / "ansible_collection"
+NAMESPACE, NAME = "autoballoon", "kvm"
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "output", ".ansible",
+                                 ".ruff_cache",
+                                 "*.tar.gz")
+STEPS = ("sanity", "units", "lint")
+CACHE_HOME = ROOT / ".cache" / "ansible-test"
+
+GET_PIP_STANDIN = '''"""Stand-in for get-pip.py written by autoballoon's tools/ansible_checks.py.
+
+ansible-test runs it inside a new virtualenv with pip's install arguments
+(plus --no-setuptools / --no-wheel): install the interpreter's bundled pip
+with ensurepip, then let that pip install what was asked, from PyPI.
+"""
+import ensurepip
+import subprocess
+import sys
+
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+ensurepip.bootstrap(upgrade=True)
+sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
+'''
+
+
+def build_tree(base: Path, source: Path = COLLECTION) -> Path:
+    """Copy the collection to ``base/ansible_collections/<ns>/<name>``; return that path."""
+    target = base / "ansible_collections" / NAMESPACE / NAME
+    shutil.copytree(source, target, ignore=IGNORED)
+    return target
+
+
+def tool(name: str) -> str:
+    """The executable ``name`` beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found (install the project's extra 'ansible')")
+    return found
+
+
+def commands(python: str) -> dict[str, list[str]]:
+    return {
+        # sanity: this Python runs ansible-test; each test gets its own cached venv.
+        "sanity": [tool("ansible-test"), "sanity", "--python", python, "--local", "--color",
+                   "no"],
+        # units: a fresh venv with ansible-test's pinned pytest and the collection's
+        # tests/unit/requirements.txt (pip's cache under CACHE_HOME makes reruns quick).
+        "units": [tool("ansible-test"), "units", "--python", python, "--venv", "--requirements",
+                  "--color", "no"],
+        "lint": [tool("ansible-lint"), "--profile", "production", "--offline", "--nocolor",
+                 "."],
+    }
+
+
+def seed_get_pip(home: Path, python: str) -> Path:
+    """Put the pip bootstrap stand-in where ansible-test looks for its cached get-pip."""
+    from types import SimpleNamespace
+
+    from ansible_test._internal import python_requirements  # type: ignore[import-untyped]
+
+    version = python_requirements.get_venv_packages(SimpleNamespace(version=python))["pip"]
+    path = home / ".ansible" / "test" / "cache" / f"get_pip_{version.replace('.', '_')}.py"
+    if not path.exists() or path.read_text() != GET_PIP_STANDIN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(GET_PIP_STANDIN)
+    return path
+
+
+def environment(base: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HOME"] = str(CACHE_HOME)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(base)
+    env.setdefault("ANSIBLE_LOCAL_TEMP", str(base / ".ansible-tmp"))
+    env.setdefault("ANSIBLE_HOME", str(base / ".ansible-home"))
+    env.pop("CDPATH", None)
+    return env
+
+
+def run(steps: Sequence[str], python: str, keep: bool) -> int:
+    base = Path(tempfile.mkdtemp(prefix="autoballoon-ansible-"))
+    failed: list[str] = []
+    try:
+        tree = build_tree(base)
+        if shutil.which("git"):  # ansible-test then lists exactly the collection's files
+            subprocess.run(["git", "init", "-q", str(tree)], check=False)
+            subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
+        env = environment(base)
+        seed_get_pip(CACHE_HOME, python)
+        try:
+            todo = commands(python)
+        except FileNotFoundError as exc:
+            print(f"ansible_checks: {exc}", file=sys.stderr)
+            return 2
+        for step in steps:
+            started = time.monotonic()
+            print(f"== {step}: {' '.join(todo[step])}", flush=True)
+            result = subprocess.run(todo[step], cwd=tree, env=env, check=False)
+            took = time.monotonic() - started
+            status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
+            print(f"== {step}: {status} in {took:.1f} s", flush=True)
+            if result.returncode != 0:
+                failed.append(step)
+    finally:
+        if keep:
+            print(f"ansible_checks: tree kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    if failed:
+        print(f"ansible_checks: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("ansible_checks: all passed")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", default="3.11", help="Python version for ansible-test")
+    parser.add_argument("--only", choices=STEPS, action="append",
+                        help="run only this step (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    args = parser.parse_args(argv)
+    return run(args.only or list(STEPS), args.python, args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
