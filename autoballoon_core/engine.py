@@ -464,7 +464,8 @@ class Engine:
         if backend is None:
             return action(Outcome.FAILED, "guest vanished")
         try:
-            await asyncio.wait_for(backend.set_target(guest, target), self.actuator_timeout)
+            async with asyncio.timeout(self.actuator_timeout):
+                await backend.set_target(guest, target)
         except TimeoutError:
             self.counters.actuator_timeouts += 1
             self._revert(guest, target, previous)
