@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from .cgroup import MemoryCgroup
 from .daemonproc import DaemonProcess
 from .guest import GuestConfig
 from .lab import Lab
@@ -68,7 +69,7 @@ release_step = "64MiB"
 
 
 def watch(console: Console, daemon: DaemonProcess, seconds: float, phase: str,
-          lab: Lab) -> None:
+          cgroup: MemoryCgroup) -> None:
     from autoballoon_core.ctl import render
 
     deadline = time.monotonic() + seconds
@@ -79,18 +80,17 @@ def watch(console: Console, daemon: DaemonProcess, seconds: float, phase: str,
             except OSError as exc:
                 live.update(f"daemon not answering: {exc}")
             else:
-                assert lab.cgroup is not None
                 table = Table.grid()
                 table.add_row(f"[bold]{phase}[/]  cgroup usage "
-                              f"{lab.cgroup.usage() / MIB:.0f} MiB of "
-                              f"{(lab.cgroup.limit_bytes or 0) / MIB:.0f} MiB")
+                              f"{cgroup.usage() / MIB:.0f} MiB of "
+                              f"{(cgroup.limit_bytes or 0) / MIB:.0f} MiB")
                 table.add_row(render(status))
                 live.update(table)
             time.sleep(0.25)
 
 
-def summarize(console: Console, records: list[dict[str, Any]], lab: Lab,
-              hog_killed: bool) -> None:
+def summarize(console: Console, records: list[dict[str, Any]], alive: dict[str, bool],
+              hog_killed: bool, cgroup: MemoryCgroup) -> None:
     events = Counter(r["level"] for r in records if r["kind"] == "event")
     rounds = [r for r in records if r["kind"] == "round"]
     applied = [a for r in rounds for a in r["actions"] if a["outcome"] == "applied"]
@@ -98,21 +98,20 @@ def summarize(console: Console, records: list[dict[str, Any]], lab: Lab,
     for column in ("guest", "inflations", "deflations", "smallest MiB", "final MiB",
                    "QEMU alive"):
         table.add_column(column)
-    for guest in lab.guests:
-        gid = f"qmp:{guest.name}"
+    for gid, is_alive in alive.items():
         mine = [a for a in applied if a["guest"] == gid]
         sizes = [a["target"] for a in mine] or [GUEST_MIB * MIB]
         table.add_row(gid, str(sum(a["target"] < a["previous"] for a in mine)),
                       str(sum(a["target"] > a["previous"] for a in mine)),
                       f"{min(sizes) / MIB:.0f}", f"{sizes[-1] / MIB:.0f}",
-                      "yes" if guest.alive() else "NO")
+                      "yes" if is_alive else "NO")
     console.print(table)
     console.print(
         f"pressure events received: {dict(events)}; decision rounds: {len(rounds)} "
         f"({sum(1 for r in rounds if r['trigger'] == 'host-pressure')} on host pressure); "
         f"balloon commands applied: {len(applied)}; the hog was "
         f"{'OOM-killed inside the cgroup' if hog_killed else 'stopped by the demo'}; "
-        f"cgroup OOM kills: {lab.cgroup.oom_kills() if lab.cgroup else 0}."
+        f"cgroup OOM kills: {cgroup.oom_kills()}."
     )
 
 
@@ -146,15 +145,17 @@ def run(args: argparse.Namespace) -> int:
                       f"and freed it; {CACHE_MIB} MiB of file cache written. cgroup usage "
                       f"{lab.cgroup.usage() / MIB:.0f} MiB")
         with DaemonProcess(lab.run_dir, daemon_config(lab, lab.run_dir, args.policy)) as daemon:
-            watch(console, daemon, 4, "calm: daemon adopted the guests", lab)
+            cgroup = lab.cgroup
+            watch(console, daemon, 4, "calm: daemon adopted the guests", cgroup)
             hog = lab.start_hog(args.hog_mib, rate_mib_s=args.hog_rate)
             watch(console, daemon, args.pressure_seconds,
-                  f"PRESSURE: a hog grows to {args.hog_mib} MiB in the cgroup", lab)
+                  f"PRESSURE: a hog grows to {args.hog_mib} MiB in the cgroup", cgroup)
             hog_killed = hog.oom_killed()
             hog.stop()
-            watch(console, daemon, args.calm_seconds, "calm again: memory goes back", lab)
+            watch(console, daemon, args.calm_seconds, "calm again: memory goes back", cgroup)
             records = daemon.audit()
-        summarize(console, records, lab, hog_killed)
+        alive = {f"qmp:{guest.name}": guest.alive() for guest in lab.guests}
+        summarize(console, records, alive, hog_killed, cgroup)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         from autoballoon_core.plot import plot_audit
 
@@ -166,7 +167,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoballoon-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="seed-levels", choices=("seed-levels", "seed-fixed"))
+    parser.add_argument("--path", default="vmpressure-qmp", choices=("vmpressure-qmp",
+                                                                     "psi-libvirt"),
+                        help="vmpressure-qmp: cgroup v1 vmpressure + raw QMP + seed-levels; "
+                        "psi-libvirt: PSI + watermark + libvirt domains + autoballoon")
+    parser.add_argument("--policy", default="seed-levels", choices=("seed-levels", "seed-fixed"),
+                        help="policy of the vmpressure-qmp path")
     parser.add_argument("--hog-mib", type=int, default=700)
     parser.add_argument("--hog-rate", type=float, default=40.0, help="hog growth in MiB/s")
     parser.add_argument("--pressure-seconds", type=float, default=25.0)
@@ -178,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"autoballoon demo cannot run here: {missing}", file=sys.stderr)
         return 1
+    if args.path == "psi-libvirt":
+        from . import demo_libvirt
+
+        console = Console()
+        console.rule("[bold]autoballoon demo: PSI + watermark + libvirt + autoballoon policy")
+        return demo_libvirt.run(args, console, TOUCH_COMMAND, watch, summarize)
     return run(args)
 
 
