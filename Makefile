@@ -39,7 +39,7 @@ image: deps
 	$(PY) -m autoballoon_lab.image
 
 demo: deps
-	$(PY) -m autoballoon_lab.demo
+	$(PY) -m autoballoon_lab.demo $(DEMO_ARGS)
 
 test: deps
 	$(PY) tools/run_tests.py
