@@ -186,3 +186,13 @@ async def test_each_source_holds_its_own_host_level() -> None:
         assert h.engine.snapshot().host.level is PressureLevel.CRITICAL
         h.source.push(PressureEvent("vmpressure", PressureLevel.NONE, now))
         assert h.engine.snapshot().host.level is PressureLevel.LOW
+
+
+async def test_release_on_exit_gives_every_guest_its_maximum_back() -> None:
+    settings = {**SEED, "guards": {"cooldown": 0, "release_on_exit": True}}
+    async with harness(settings, guests=GUESTS) as h:
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        assert h.backend.actual["fake:a"] == 1008 * MiB
+        await h.engine.stop(release=True)
+        assert h.backend.actual == {"fake:a": 1024 * MiB, "fake:b": 1024 * MiB}
