@@ -93,10 +93,12 @@ class Daemon:
             await self.engine.start()
         except SourceUnavailable as exc:
             log.error("cannot start: %s", exc)
+            self._close_metrics()
             return EXIT_START
         except Exception as exc:
             log.error("cannot start: %s", exc)
             await self.engine.stop()
+            self._close_metrics()
             return EXIT_START
         self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
             "ping": self._ping, "status": self._status, "reload": self._reload_command,
@@ -120,8 +122,7 @@ class Daemon:
             watchdog.cancel()
         await self.control.stop()
         await self.engine.stop(release=self.engine.config.guards["release_on_exit"])
-        if self.metrics is not None:
-            self.metrics.close()
+        self._close_metrics()
         if self.audit is not None:
             self.audit.close()
         return 0
@@ -135,6 +136,13 @@ class Daemon:
                 raise
             return None
         return metrics.install(self.loaded.manager, self.engine, self.loaded.config.metrics)
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            from autoballoon_core import metrics
+
+            metrics.uninstall(self.loaded.manager, self.metrics)
+            self.metrics = None
 
     def _summary(self) -> str:
         config = self.engine.config
@@ -159,7 +167,7 @@ class Daemon:
             try:
                 config = bootstrap.reload(self.loaded, self.path, overrides=self.overrides)
                 old = self.engine.config
-                for section in ("sources", "backends", "block"):
+                for section in ("sources", "backends", "block", "metrics"):
                     if getattr(config, section) != getattr(old, section):
                         log.warning("reload: changes to %s take effect after a restart", section)
                 self.engine.apply_config(config)
