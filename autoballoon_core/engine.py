@@ -93,7 +93,9 @@ class _BackendInventory:
     def guest_stats(self, guest: GuestId, stats: GuestStats) -> None:
         state = self._engine._owned(self._backend, guest)
         if state is not None:
+            before = dataclasses.replace(state)
             state.stats = stats
+            self._engine._stats_arrived(before, stats)
 
     def guest_reachable(self, guest: GuestId, reachable: bool, why: str = "") -> None:
         state = self._engine._owned(self._backend, guest)
@@ -562,6 +564,13 @@ class Engine:
                 source.guest_added(dataclasses.replace(state))
             except Exception:
                 log.exception("source %s failed on guest %s", source.name, info.id)
+
+    def _stats_arrived(self, guest: GuestState, stats: GuestStats) -> None:
+        for source in self.sources.values():
+            try:
+                source.guest_stats(guest, stats)
+            except Exception:
+                log.exception("source %s failed on stats of %s", source.name, guest.id)
 
     def _guest_vanished(self, backend: str, guest: GuestId, why: str) -> None:
         if self._owner.get(guest) != backend:

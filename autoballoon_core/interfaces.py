@@ -85,6 +85,12 @@ class PressureSource(abc.ABC):
     def guest_removed(self, guest: GuestId) -> None:  # noqa: B027 - optional hook
         """A guest went away."""
 
+    def guest_stats(self, guest: GuestState, stats: GuestStats) -> None:  # noqa: B027
+        """A backend reported fresh balloon statistics for ``guest`` (optional hook).
+
+        ``guest`` is a copy of the engine's state before the new stats.
+        """
+
 
 class Inventory(Protocol):
     """The engine's side of a backend: where a backend reports what it sees.
