@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
+from .paths import repo_root
+
 MARKER = "AUTOBALLOON-LAB:"
 READY = f"{MARKER} ready"
 CMD_START = f"{MARKER} cmd-start"
@@ -21,6 +23,7 @@ ERROR = f"{MARKER} error"
 HOSTROOT_TAG = "hostroot"
 CMD_PARAM = "autoballoon.cmd"
 NAME_PARAM = "autoballoon.name"
+KEEP_PARAM = "autoballoon.keep"
 POWEROFF_PARAM = "autoballoon.poweroff"
 
 # Linux x86 COMMAND_LINE_SIZE is 2048 bytes, terminating NUL included.
@@ -63,8 +66,20 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot "$R" \
 mount -t proc proc "$R/proc" || fail "mount proc"
 mount -t sysfs sysfs "$R/sys" || fail "mount sysfs"
 mount -t devtmpfs devtmpfs "$R/dev" || fail "mount devtmpfs"
+# The repository may live under /tmp or /run on the host (a CI clone): keep it
+# visible through the tmpfs mounted over them.
+keep=$(param autoballoon.keep)
+if [ -n "$keep" ] && [ -d "$R$keep" ]; then
+    mkdir -p /keep && mount -o bind "$R$keep" /keep || keep=""
+else
+    keep=""
+fi
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp" || fail "mount tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs "$R/run" || fail "mount tmpfs /run"
+if [ -n "$keep" ]; then
+    mkdir -p "$R$keep" 2>/dev/null
+    mount -o bind /keep "$R$keep" || say "warning: cannot keep $keep visible"
+fi
 mkdir -p "$R/dev/shm" "$R/dev/pts"
 mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
 mount -t devpts devpts "$R/dev/pts"
@@ -93,13 +108,19 @@ def kernel_cmdline(
     *,
     poweroff: bool = False,
     extra: Sequence[str] = (),
+    keep: str | None = None,
 ) -> str:
     """The kernel command line for a guest named ``name`` running ``command``.
 
     ``command`` is a ``/bin/sh`` script run inside the chroot of the host root.
+    ``keep`` is a host directory that stays visible in the guest even under the
+    tmpfs mounted over ``/tmp`` and ``/run`` (default: the repository).
     Raises ``ValueError`` when the result would not fit the kernel's limit.
     """
     words = [*BASE_CMDLINE, *extra, f"{NAME_PARAM}={name}"]
+    keep = str(repo_root()) if keep is None else keep
+    if keep and not any(c.isspace() for c in keep):
+        words.append(f"{KEEP_PARAM}={keep}")
     if poweroff:
         words.append(f"{POWEROFF_PARAM}=1")
     if command:
