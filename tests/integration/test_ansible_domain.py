@@ -20,14 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirtd
 import pytest
 from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 libvirt = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.integration
-libvirt_daemon = libvirtd.libvirt_daemon  # the shared session fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "https://autoballoon.org/xmlns/domain/1"

@@ -27,14 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirtd
 import pytest
 from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 from autoballoon_core.control import ControlServer
 
 pytestmark = pytest.mark.integration
-libvirt_daemon = libvirtd.libvirt_daemon  # the shared session fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 QEMU_HOOK = ROOT / "hooks" / "libvirt" / "qemu"

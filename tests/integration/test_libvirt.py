@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirtd
 import pytest
 from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
@@ -29,7 +28,6 @@ from autoballoon_plugins.libvirt.backend import LibvirtBackend
 from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX
 
 libvirt = pytest.importorskip("libvirt")
-libvirt_daemon = libvirtd.libvirt_daemon  # the session fixture, shared with other modules
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
