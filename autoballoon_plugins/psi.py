@@ -20,7 +20,6 @@ stalled share stays the same) and says so in a warning and in ``describe()``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -33,15 +32,12 @@ from pathlib import Path
 
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import (
-    EmitFn,
     PluginContext,
-    PressureSource,
     SourceSpec,
     SourceUnavailable,
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
 from autoballoon_core.options import Kind, Option
-from autoballoon_plugins._kernel_batch import LevelBatcher
 from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
 from autoballoon_plugins._kernel_options import CheckedOption
 from autoballoon_plugins._kernel_psi import (
@@ -53,6 +49,7 @@ from autoballoon_plugins._kernel_psi import (
     parse_pressure,
     parse_trigger,
 )
+from autoballoon_plugins._kernel_watch import FdWatchingSource
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +104,10 @@ class _Watch:
     epoll: select.epoll
     fired: int = 0
     watched: bool = field(default=False)
+
+    @property
+    def reader_fd(self) -> int:
+        return self.epoll.fileno()
 
     def close(self) -> None:
         self.epoll.close()
@@ -165,7 +166,7 @@ def read_pressure(path: Path) -> dict[str, float]:
         return {}
 
 
-class PsiSource(PressureSource):
+class PsiSource(FdWatchingSource[_Watch]):
     """Host (and optionally one cgroup v2) memory pressure from PSI triggers."""
 
     def __init__(self, name: str, triggers: Mapping[PressureLevel, str], *, system: bool,
@@ -177,9 +178,9 @@ class PsiSource(PressureSource):
         self.adapt_window = adapt_window
         self.privileged = False
         self._watches: list[_Watch] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._batcher: LevelBatcher | None = None
-        self._failed: asyncio.Future[None] | None = None
+
+    def _watched_items(self) -> list[_Watch]:
+        return self._watches
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -263,36 +264,6 @@ class PsiSource(PressureSource):
             raise
         return _Watch(level, scope, path, trigger, registered, fd, poller)
 
-    async def run(self, emit: EmitFn) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._batcher = LevelBatcher(emit, loop)
-        self._failed = loop.create_future()
-        try:
-            for watch in self._watches:
-                loop.add_reader(watch.epoll.fileno(), self._readable, watch)
-                watch.watched = True
-            await self._failed
-        finally:
-            self._unwatch()
-
-    async def close(self) -> None:
-        self._unwatch()
-        for watch in self._watches:
-            watch.close()
-        self._watches.clear()
-
-    def _unwatch(self) -> None:
-        if self._batcher is not None:
-            self._batcher.cancel()
-        for watch in self._watches:
-            self._unwatch_one(watch)
-
-    def _unwatch_one(self, watch: _Watch) -> None:
-        if watch.watched and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(watch.epoll.fileno())
-        watch.watched = False
-
     # -- events -----------------------------------------------------------------
 
     def _readable(self, watch: _Watch) -> None:
@@ -318,9 +289,8 @@ class PsiSource(PressureSource):
         log.error("%s: the %s trigger on %s is gone (POLLERR: cgroup removed?)",
                   self.name, watch.level.name, watch.path)
         self._unwatch_one(watch)
-        if not any(w.watched for w in self._watches) and self._failed is not None \
-                and not self._failed.done():
-            self._failed.set_exception(
+        if not any(w.watched for w in self._watches):
+            self._stop_running(
                 SourceUnavailable(f"{self.name}: every PSI trigger is gone ({watch.path})"))
 
     # -- status -----------------------------------------------------------------

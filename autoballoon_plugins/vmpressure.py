@@ -15,7 +15,6 @@ lowest level first so the engine ends on the highest one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -26,15 +25,13 @@ from pathlib import Path
 
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import (
-    EmitFn,
     PluginContext,
-    PressureSource,
     SourceSpec,
     SourceUnavailable,
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
 from autoballoon_core.options import Kind, Option
-from autoballoon_plugins._kernel_batch import LevelBatcher
+from autoballoon_plugins._kernel_watch import FdWatchingSource
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +75,17 @@ class _Listener:
         self.level_fd = level_fd
         self.watched = False
 
+    @property
+    def reader_fd(self) -> int:
+        return self.eventfd
+
     def close(self) -> None:
         for fd in (self.eventfd, self.level_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-class VmpressureSource(PressureSource):
+class VmpressureSource(FdWatchingSource[_Listener]):
     """Host (or memory cgroup) pressure from cgroup v1 vmpressure eventfds."""
 
     def __init__(self, name: str, cgroup: str, levels: list[str], mode: str) -> None:
@@ -95,9 +96,9 @@ class VmpressureSource(PressureSource):
         self.mode = mode
         self._counts = dict.fromkeys(self.levels, 0)
         self._listeners: list[_Listener] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._batcher: LevelBatcher | None = None
-        self._failed: asyncio.Future[None] | None = None
+
+    def _watched_items(self) -> list[_Listener]:
+        return self._listeners
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -160,33 +161,6 @@ class VmpressureSource(PressureSource):
             ) from exc
         return listener
 
-    async def run(self, emit: EmitFn) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._batcher = LevelBatcher(emit, loop)
-        self._failed = loop.create_future()
-        try:
-            for listener in self._listeners:
-                loop.add_reader(listener.eventfd, self._readable, listener)
-                listener.watched = True
-            await self._failed
-        finally:
-            self._unwatch()
-
-    async def close(self) -> None:
-        self._unwatch()
-        for listener in self._listeners:
-            listener.close()
-        self._listeners.clear()
-
-    def _unwatch(self) -> None:
-        if self._batcher is not None:
-            self._batcher.cancel()
-        for listener in self._listeners:
-            if listener.watched and self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(listener.eventfd)
-            listener.watched = False
-
     # -- events -----------------------------------------------------------------
 
     def _readable(self, listener: _Listener) -> None:
@@ -210,8 +184,7 @@ class VmpressureSource(PressureSource):
     def _fail(self, why: str) -> None:
         log.error("%s: %s; no more vmpressure events", self.name, why)
         self._unwatch()
-        if self._failed is not None and not self._failed.done():
-            self._failed.set_exception(SourceUnavailable(f"{self.name}: {why}"))
+        self._stop_running(SourceUnavailable(f"{self.name}: {why}"))
 
     # -- status -----------------------------------------------------------------
 
