@@ -1,6 +1,6 @@
 """The JSON-lines audit log: every pressure event and every decision round.
 
-One object per line with a ``kind`` of ``event`` or ``round``; times are
+One object per line with a ``kind`` of ``event``, ``round`` or ``escalation``; times are
 monotonic seconds (``t``) plus wall-clock seconds (``wall``) for people.
 """
 
@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from autoballoon_core.model import Action, PressureEvent, RoundRecord, Snapshot
+from autoballoon_core.escalation import escalation_payload
+from autoballoon_core.model import Action, Escalation, PressureEvent, RoundRecord, Snapshot
 from autoballoon_core.plugins import hookimpl
 
 
@@ -85,6 +86,12 @@ class AuditLog:
     @hookimpl
     def autoballoon_round(self, record: RoundRecord, snapshot: Snapshot) -> None:
         self._write(round_record(record, snapshot))
+        self._file.flush()
+
+    @hookimpl
+    def autoballoon_escalate(self, escalation: Escalation, snapshot: Snapshot) -> None:
+        self._write({"kind": "escalation", "t": escalation.time,
+                     **escalation_payload(escalation, snapshot)})
         self._file.flush()
 
     def close(self) -> None:

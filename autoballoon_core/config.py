@@ -86,6 +86,28 @@ GUARD_OPTIONS: tuple[Option, ...] = (
            "On a clean stop, give every managed guest its maximum back."),
 )
 
+ESCALATION_OPTIONS: tuple[Option, ...] = (
+    Option("enabled", Kind.BOOL, True,
+           "Raise an escalation (hook, audit record, metric, status line, optional command) "
+           "when the host stays short of memory and ballooning has nothing left to take."),
+    Option("reserve", Kind.SIZE, 0,
+           "Host MemAvailable below which the host counts as short, in bytes; the larger of "
+           "reserve and reserve_percent wins."),
+    Option("reserve_percent", Kind.FLOAT, 0.03,
+           "Host MemAvailable below which the host counts as short, as a share of host "
+           "memory.", minimum=0.0, maximum=0.9),
+    Option("hold", Kind.DURATION, 1.0,
+           "How long the host must stay short, with nothing being taken, before escalating.",
+           minimum=0.0, maximum=3600.0),
+    Option("repeat", Kind.DURATION, 60.0,
+           "Least time between two escalations.", minimum=0.0, maximum=86400.0),
+    Option("command", Kind.STR_LIST, [],
+           "Command (argv list) run on each escalation with the escalation as JSON on its "
+           "standard input; empty: none. It never blocks the engine."),
+    Option("command_timeout", Kind.DURATION, 30.0,
+           "The command is killed after this long.", minimum=0.1, maximum=3600.0),
+)
+
 HOST_OPTIONS: tuple[Option, ...] = (
     Option("memory_cgroup", Kind.STR, "",
            "Measure host memory in this cgroup (limit and usage) instead of /proc/meminfo; "
@@ -117,6 +139,7 @@ _FIXED_SECTIONS = {
     "daemon": DAEMON_OPTIONS,
     "engine": ENGINE_OPTIONS,
     "guards": GUARD_OPTIONS,
+    "escalation": ESCALATION_OPTIONS,
     "host": HOST_OPTIONS,
     "metrics": METRICS_OPTIONS,
     "plugins": PLUGIN_OPTIONS,
@@ -155,6 +178,7 @@ class Config:
     policy: str
     policy_options: Mapping[str, Any]
     guests: tuple[GuestOverride, ...] = field(default=())
+    escalation: Mapping[str, Any] = field(default_factory=dict)
 
     def guest_override(self, guest_id: GuestId, name: str) -> GuestOverride:
         """Every matching ``[guests."pattern"]`` table merged, later files winning."""
@@ -341,6 +365,7 @@ def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
         policy=policy,
         policy_options=policies[policy],
         guests=_guest_overrides(raw),
+        escalation=fixed["escalation"],
     )
 
 

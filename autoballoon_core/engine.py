@@ -1,17 +1,14 @@
-"""The engine: events in, coalesced rounds, guarded decisions, concurrent actuation.
+"""The daemon's engine: the pure :mod:`engine_core` driven by asyncio and real I/O.
 
-One asyncio loop. Sources call :meth:`Engine.emit`; backends report guests
-through :class:`_BackendInventory`. A round is synchronous up to launching the
-balloon commands, which run as one task per guest with a timeout, so a slow
-guest never delays a decision for another.
-
-Coalescing: the first event after a quiet period starts a round at once
-(events that are ready in the same loop iteration, such as the kernel's LOW,
-MEDIUM and CRITICAL fan-out for one reclaim, are merged into it). For
-``coalesce_interval`` after a round, further host events are merged: when the
-interval ends, one more round runs only if their highest level is above the
-level of the round before; otherwise they are counted as coalesced. A guest
-whose own pressure rises gets a round at once.
+Sources call :meth:`Engine.emit`; backends report guests through
+:class:`_BackendInventory`. Both go straight into the
+:class:`~autoballoon_core.engine_core.EngineCore`, which decides when rounds
+run (coalescing, timer), what the policy is asked and what the guard
+approves. This module only schedules :meth:`EngineCore.run_due` on the event
+loop (right after events, merging those ready in the same loop iteration,
+and at :meth:`EngineCore.next_deadline`) and launches the approved commands,
+one task per guest with a timeout, so a slow guest never delays a decision
+for another. All times come from one injected ``clock``.
 """
 
 from __future__ import annotations
@@ -29,6 +26,16 @@ import pluggy
 
 from autoballoon_core import safety
 from autoballoon_core.config import Config
+from autoballoon_core.engine_core import (
+    Counters,
+    EngineCore,
+    EngineSettings,
+    EscalationSettings,
+    GuestOverride,
+    Launch,
+    PlannedRound,
+)
+from autoballoon_core.escalation import EscalationRunner
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import (
     ActuatorError,
@@ -45,14 +52,11 @@ from autoballoon_core.model import (
     GuestInfo,
     GuestState,
     GuestStats,
-    HostState,
     Outcome,
     PressureEvent,
-    PressureLevel,
     RoundRecord,
     Snapshot,
     Trigger,
-    TriggerKind,
 )
 from autoballoon_core.plugins import Registry
 
@@ -61,17 +65,10 @@ log = logging.getLogger("autoballoon.engine")
 RECENT_ROUNDS = 50
 HINT_EVENTS = ("started", "stopped", "migrating", "migrated")
 MAX_NAME = 256
+RELEASE_STEP_WAIT = 1.0
+"""Seconds between release steps on exit (the balloons move meanwhile)."""
 
-
-@dataclasses.dataclass(slots=True)
-class Counters:
-    events: int = 0
-    events_dropped: int = 0
-    rounds: int = 0
-    coalesced: int = 0
-    policy_errors: int = 0
-    actuator_errors: int = 0
-    actuator_timeouts: int = 0
+__all__ = ["MAX_NAME", "Counters", "Engine"]
 
 
 class _BackendInventory:
@@ -88,21 +85,27 @@ class _BackendInventory:
         self._engine._guest_vanished(self._backend, guest, why)
 
     def guest_balloon(self, guest: GuestId, actual: int, max_bytes: int | None = None) -> None:
-        self._engine._guest_balloon(self._backend, guest, actual, max_bytes)
+        event = self._engine.core.guest_balloon(self._backend, guest, actual, max_bytes,
+                                                self._engine.clock())
+        if event is not None:
+            self._engine.emit(event)
 
     def guest_stats(self, guest: GuestId, stats: GuestStats) -> None:
-        state = self._engine._owned(self._backend, guest)
+        state = self._engine.core.guest_stats(self._backend, guest, stats)
         if state is not None:
-            before = dataclasses.replace(state)
-            state.stats = stats
-            self._engine._stats_arrived(before, stats)
+            self._engine._stats_arrived(dataclasses.replace(state), stats)
 
     def guest_reachable(self, guest: GuestId, reachable: bool, why: str = "") -> None:
-        state = self._engine._owned(self._backend, guest)
-        if state is not None and state.reachable != reachable:
-            state.reachable = reachable
+        if self._engine.core.guest_reachable(self._backend, guest, reachable):
             log.warning("guest %s is %s%s", guest, "reachable again" if reachable else
                         "unreachable", f": {why}" if why else "")
+
+
+def _overrides_of(config: Config) -> Callable[[GuestId, str], GuestOverride]:
+    def overrides(guest: GuestId, name: str) -> GuestOverride:
+        found = config.guest_override(guest, name)
+        return GuestOverride(found.floor, found.weight, found.managed)
+    return overrides
 
 
 class Engine:
@@ -117,63 +120,107 @@ class Engine:
         self.manager = manager
         self.registry = registry
         self.clock = clock
-        self.guests: dict[GuestId, GuestState] = {}
         self.sources: dict[str, PressureSource] = {}
         self.backends: dict[str, Backend] = {}
-        self.counters = Counters()
         self.recent: collections.deque[RoundRecord] = collections.deque(maxlen=RECENT_ROUNDS)
-        self._owner: dict[GuestId, str] = {}
         self._in_flight: dict[GuestId, asyncio.Task[Action]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
-        self._pending: list[PressureEvent] = []
-        self._batch_handle: asyncio.Handle | None = None
-        self._trailing_handle: asyncio.TimerHandle | None = None
-        self._window_end = 0.0
-        self._last_round_level = PressureLevel.NONE
-        self._host_levels: dict[str, tuple[PressureLevel, float]] = {}
-        self._host_level = PressureLevel.NONE
-        self._host_level_since = clock()
-        self._tick_task: asyncio.Task[None] | None = None
+        self._soon: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._running = False
-        self.apply_config(config)
+        built = self._build(config)
+        self.core = EngineCore(built[1], built[2], self._decide, clock(),
+                               host_memory=self._host_memory, readings=self._readings,
+                               overrides=built[3], escalation=built[4])
+        self._switch(config, built)
+        self.manager.hook.autoballoon_configure.call_historic(kwargs={"config": config})
 
     # -- configuration -------------------------------------------------------
+
+    def _build(self, config: Config) -> tuple[Policy, EngineSettings, safety.GuardSettings,
+                                              Callable[[GuestId, str], GuestOverride],
+                                              EscalationSettings, HostMemoryReader,
+                                              EscalationRunner]:
+        """Everything a config needs, built before anything is switched (may raise)."""
+        spec = self.registry.policies[config.policy]
+        policy = spec.factory(PluginContext(config.policy, config.policy_options, config))
+        escalation = config.escalation or {}
+        return (policy,
+                EngineSettings.from_options(config.engine, config.daemon["dry_run"]),
+                safety.GuardSettings.from_options(config.guards),
+                _overrides_of(config),
+                EscalationSettings.from_options(escalation) if escalation
+                else EscalationSettings(),
+                HostMemoryReader(config.host["memory_cgroup"]),
+                EscalationRunner(escalation.get("command", []),
+                                 escalation.get("command_timeout", 30.0)))
+
+    def _switch(self, config: Config, built: tuple[Any, ...]) -> None:
+        policy, settings, guard, overrides, escalation, host_memory, runner = built
+        self.config = config
+        self.policy: Policy = policy
+        self.host_memory = host_memory
+        self.escalation_runner = runner
+        self.core.reconfigure(settings, guard, self._decide, overrides, escalation, self.clock())
 
     def apply_config(self, config: Config) -> None:
         """Take a new validated config: engine knobs, guards, policy, guest overrides.
 
+        Everything is built first; a failure leaves the running config in force.
         Sources, backends and the plugin block list need a restart to change.
         """
-        self.config = config
-        self.guard = safety.GuardSettings.from_options(config.guards)
-        self.dry_run: bool = config.daemon["dry_run"]
-        self.coalesce_interval: float = config.engine["coalesce_interval"]
-        self.tick_interval: float = config.engine["tick_interval"]
-        self.actuator_timeout: float = config.engine["actuator_timeout"]
-        self.host_pressure_hold: float = config.engine["host_pressure_hold"]
-        self.guest_pressure_hold: float = config.engine["guest_pressure_hold"]
-        self.host_memory = HostMemoryReader(config.host["memory_cgroup"])
-        spec = self.registry.policies[config.policy]
-        self.policy: Policy = spec.factory(
-            PluginContext(config.policy, config.policy_options, config)
-        )
-        for state in self.guests.values():
-            self._apply_overrides(state, None)
+        built = self._build(config)
+        self._switch(config, built)
         self.manager.hook.autoballoon_configure.call_historic(kwargs={"config": config})
+        self._arm()
 
-    def _apply_overrides(self, state: GuestState, info: GuestInfo | None) -> None:
-        override = self.config.guest_override(state.id, state.name)
-        explicit_floor = info.floor if info is not None and info.floor is not None else (
-            override.floor
-        )
-        state.floor = self.guard.floor_for(state.max_bytes, explicit_floor)
-        weight = info.weight if info is not None and info.weight is not None else override.weight
-        state.weight = 1.0 if weight is None else weight
-        managed = info.managed if info is not None and info.managed is not None else (
-            override.managed
-        )
-        state.managed = True if managed is None else managed
+    # read-only views kept for status, metrics and tests
+    @property
+    def guests(self) -> dict[GuestId, GuestState]:
+        return self.core.guests
+
+    @property
+    def counters(self) -> Counters:
+        return self.core.counters
+
+    @property
+    def dry_run(self) -> bool:
+        return self.core.settings.dry_run
+
+    @property
+    def guard(self) -> safety.GuardSettings:
+        return self.core.guard
+
+    @property
+    def host_pressure_hold(self) -> float:
+        return self.core.settings.host_pressure_hold
+
+    @property
+    def guest_pressure_hold(self) -> float:
+        return self.core.settings.guest_pressure_hold
+
+    @property
+    def actuator_timeout(self) -> float:
+        return float(self.config.engine["actuator_timeout"])
+
+    def _decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
+        decisions: list[Decision] = self.manager.hook.autoballoon_decide(
+            snapshot=snapshot, trigger=trigger, policy=self.policy) or []
+        return decisions
+
+    def _host_memory(self) -> tuple[int, int] | None:
+        memory = self.host_memory.read()
+        return (memory.total, memory.available) if memory else None
+
+    def _readings(self) -> dict[str, float]:
+        readings: dict[str, float] = {}
+        for source in self.sources.values():
+            try:
+                readings.update(source.readings())
+            except Exception:
+                log.exception("source %s failed to give readings", source.name)
+        return readings
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -206,17 +253,14 @@ class Engine:
             task = asyncio.create_task(self._run_source(name, source), name=f"source-{name}")
             self._source_tasks[name] = task
         self._running = True
-        self._tick_task = asyncio.create_task(self._ticker(), name="ticker")
+        self._arm()
 
     async def stop(self, *, release: bool = False) -> None:
         self._running = False
-        for handle in (self._batch_handle, self._trailing_handle):
+        for handle in (self._soon, self._timer):
             if handle is not None:
                 handle.cancel()
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        self._soon = self._timer = None
         if release and not self.dry_run:
             await self._release_all()
         await self._close_sources()
@@ -230,6 +274,7 @@ class Engine:
                 log.exception("backend %s failed to stop", backend.name)
         for task in list(self._tasks):
             task.cancel()
+        await self.escalation_runner.close()
 
     async def _close_sources(self) -> None:
         for task in self._source_tasks.values():
@@ -253,207 +298,102 @@ class Engine:
         except Exception:
             log.exception("source %s stopped with an error; its events are lost", name)
 
-    async def _release_all(self) -> None:
-        """Give every managed guest its maximum back (``release_on_exit``)."""
-        now = self.clock()
-        decisions = [
-            Decision(g.id, g.max_bytes, "release on exit")
-            for g in self.guests.values()
-            if g.managed and g.reachable and g.actual_bytes < g.max_bytes
-        ]
-        tasks = []
-        for decision in decisions:
-            state = self.guests[decision.guest]
-            previous = safety.current_target(state)
-            tasks.append(self._launch(state, decision, previous, state.max_bytes, now))
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.actuator_timeout)
+    async def _release_all(self, rounds: int = 30) -> None:
+        """Give managed guests their maximum back, in guarded steps within host headroom.
 
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_interval)
-            try:
-                self._run_round(Trigger(TriggerKind.TICK, self._current_host_level(), self.clock()))
-            except Exception:
-                log.exception("tick round failed")
+        Each step gives at most what the host has available (less the
+        escalation reserve) and ``max_step`` per guest, waits for the balloons
+        to move, and goes on until every guest is back or ``rounds`` steps ran.
+        """
+        for _ in range(rounds):
+            for task in list(self._in_flight.values()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), self.actuator_timeout)
+            now = self.clock()
+            decisions = self.core.release_step(now)
+            if not decisions:
+                return
+            launches, _vetoed = self.core.review(self.core.snapshot(now), decisions, now)
+            tasks = [self._launch(launch) for launch in launches]
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.actuator_timeout)
+            await asyncio.sleep(RELEASE_STEP_WAIT)
 
-    # -- events ----------------------------------------------------------------
+    # -- events and timer ------------------------------------------------------
 
     def emit(self, event: PressureEvent) -> None:
         """Take one event from a source. Cheap; never raises to the source."""
-        self.counters.events += 1
         try:
             self.manager.hook.autoballoon_event(event=event)
         except Exception:
             log.exception("an autoballoon_event hook failed")
-        if event.guest is not None:
-            state = self.guests.get(event.guest)
-            if state is None:
-                self.counters.events_dropped += 1
-                return
-            rising = self._note_guest_pressure(state, event)
-        else:
-            rising = False
-            if event.level:
-                self._host_levels[event.source] = (event.level, event.time)
-            else:
-                self._host_levels.pop(event.source, None)
-            self._current_host_level(event.time)
-        if not self._running:
-            return
-        self._pending.append(event)
-        self._schedule(urgent=rising)
+        self.core.event(event)
+        if self._running and self._soon is None:
+            # events ready in this loop iteration are merged into one round
+            self._soon = asyncio.get_running_loop().call_soon(self.wake)
 
-    def _note_guest_pressure(self, state: GuestState, event: PressureEvent) -> bool:
-        now = event.time
-        previous = self._effective_guest_level(state, now)
-        state.pressure = event.level
-        state.pressure_wanted = max(0, event.wanted_bytes)
-        state.pressure_time = now
-        if event.level > PressureLevel.NONE and previous == PressureLevel.NONE:
-            state.pressure_since = now
-        elif event.level == PressureLevel.NONE:
-            state.pressure_since = None
-        return event.level > previous
-
-    def _effective_guest_level(self, state: GuestState, now: float) -> PressureLevel:
-        if state.pressure and now - state.pressure_time > self.guest_pressure_hold:
-            return PressureLevel.NONE
-        return state.pressure
-
-    def _current_host_level(self, now: float | None = None) -> PressureLevel:
-        """The highest level any source reported within ``host_pressure_hold``.
-
-        Each source counts on its own, so a watermark LOW does not lower a
-        vmpressure CRITICAL; a source's NONE event clears only that source.
-        """
-        now = self.clock() if now is None else now
-        for source, (_level, seen) in list(self._host_levels.items()):
-            if now - seen > self.host_pressure_hold:
-                del self._host_levels[source]
-        level = max((lvl for lvl, _t in self._host_levels.values()), default=PressureLevel.NONE)
-        if level != self._host_level:
-            self._host_level = level
-            self._host_level_since = now
-        return level
-
-    def _schedule(self, *, urgent: bool) -> None:
-        loop = asyncio.get_running_loop()
-        if self._batch_handle is not None:
-            return
-        now = loop.time()
-        if urgent or now >= self._window_end:
-            if self._trailing_handle is not None:
-                self._trailing_handle.cancel()
-                self._trailing_handle = None
-            self._batch_handle = loop.call_soon(self._run_batch, False)
-        elif self._trailing_handle is None:
-            self._trailing_handle = loop.call_at(self._window_end, self._run_batch, True)
-
-    def _run_batch(self, trailing: bool) -> None:
-        self._batch_handle = None
-        self._trailing_handle = None
-        events, self._pending = self._pending, []
-        if not events:
-            return
-        host_level = max((e.level for e in events if e.guest is None), default=PressureLevel.NONE)
-        guest_events = [e for e in events if e.guest is not None]
-        if trailing and not guest_events and host_level <= self._last_round_level:
-            self.counters.coalesced += len(events)
-            return
-        if host_level or not guest_events:
-            self._window_end = asyncio.get_running_loop().time() + self.coalesce_interval
-            self._last_round_level = host_level
-        kind = TriggerKind.HOST_PRESSURE if host_level or not guest_events else (
-            TriggerKind.GUEST_PRESSURE
-        )
-        level = host_level if host_level else max(e.level for e in events)
+    def wake(self) -> None:
+        """Run what the core says is due now, then re-arm the timer."""
+        self._soon = None
         try:
-            self._run_round(Trigger(kind, level, self.clock(), tuple(events)))
+            for planned in self.core.run_due(self.clock()):
+                self._carry_out(planned)
         except Exception:
             log.exception("decision round failed")
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._running:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, self.core.next_deadline() - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self.wake)
 
     # -- rounds ----------------------------------------------------------------
 
     def snapshot(self, now: float | None = None) -> Snapshot:
-        now = self.clock() if now is None else now
-        for state in self.guests.values():
-            if self._effective_guest_level(state, now) is PressureLevel.NONE:
-                state.pressure = PressureLevel.NONE
-                state.pressure_wanted = 0
-                state.pressure_since = None
-        readings: dict[str, float] = {}
-        for source in self.sources.values():
-            try:
-                readings.update(source.readings())
-            except Exception:
-                log.exception("source %s failed to give readings", source.name)
-        memory = self.host_memory.read()
-        host = HostState(
-            level=self._current_host_level(),
-            level_since=self._host_level_since,
-            mem_total=memory.total if memory else None,
-            mem_available=memory.available if memory else None,
-            readings=readings,
-        )
-        guests = {gid: dataclasses.replace(state) for gid, state in self.guests.items()}
-        return Snapshot(time=now, host=host, guests=guests)
+        return self.core.snapshot(self.clock() if now is None else now)
 
-    def _run_round(self, trigger: Trigger) -> None:
-        started = self.clock()
-        self._check_stalls(started)
-        snapshot = self.snapshot(started)
-        try:
-            decisions: list[Decision] = self.manager.hook.autoballoon_decide(
-                snapshot=snapshot, trigger=trigger, policy=self.policy
-            ) or []
-        except Exception:
-            self.counters.policy_errors += 1
-            log.exception("policy %s failed; no decision this round", self.config.policy)
-            decisions = []
+    def _carry_out(self, planned: PlannedRound) -> None:
+        if planned.escalation is not None:
+            self._escalate(planned)
         decided = self.clock()
-        self.counters.rounds += 1
-        verdicts = safety.review(
-            self.guard, snapshot, decisions, decided, frozenset(self._in_flight)
-        )
-        vetoed: list[Action] = []
-        launched: list[asyncio.Task[Action]] = []
-        for verdict in verdicts:
-            decision = verdict.decision
-            state = self.guests.get(decision.guest)
-            if verdict.veto or state is None:
-                vetoed.append(Action(decision.guest, decision.target, verdict.target,
-                                     verdict.previous, decision.reason, Outcome.VETOED,
-                                     verdict.veto or "guest vanished"))
-                continue
-            launched.append(
-                self._launch(state, decision, verdict.previous, verdict.target, decided)
-            )
+        launched = [self._launch(launch) for launch in planned.launches]
         if launched:
-            self._track(self._finish_round(trigger, snapshot, started, decided, vetoed, launched))
+            self._track(self._finish_round(planned, decided, launched))
         else:
-            self._record(RoundRecord(trigger, self.config.policy, started, decided, decided,
-                                     tuple(vetoed)), snapshot)
+            self._record(RoundRecord(planned.trigger, self.config.policy, planned.started,
+                                     decided, decided, planned.vetoed), planned.snapshot)
 
-    def _launch(
-        self, state: GuestState, decision: Decision, previous: int, target: int, now: float
-    ) -> asyncio.Task[Action]:
-        state.last_action_time = now
-        state.last_action = "inflate" if target < previous else "deflate"
-        state.last_reason = decision.reason
-        if not self.dry_run:
-            state.target_bytes = target
-            state.target_set_time = now
-            state.target_start_bytes = state.actual_bytes
-        task = asyncio.create_task(self._actuate(state.id, decision, previous, target))
-        self._in_flight[state.id] = task
-        guest_id = state.id
-        task.add_done_callback(lambda _task: self._in_flight.pop(guest_id, None))
+    def _escalate(self, planned: PlannedRound) -> None:
+        escalation = planned.escalation
+        assert escalation is not None
+        log.warning("escalation: %s; suggested victim %s", escalation.reason,
+                    escalation.victim or "none")
+        try:
+            self.manager.hook.autoballoon_escalate(escalation=escalation,
+                                                   snapshot=planned.snapshot)
+        except Exception:
+            log.exception("an autoballoon_escalate hook failed")
+        self.escalation_runner.run(escalation, planned.snapshot)
+
+    def _launch(self, launch: Launch) -> asyncio.Task[Action]:
+        task = asyncio.create_task(self._actuate(launch))
+        self._in_flight[launch.guest] = task
+        guest_id = launch.guest
+
+        def done(_task: asyncio.Task[Action]) -> None:
+            self._in_flight.pop(guest_id, None)
+            self.core.finished(guest_id)
+
+        task.add_done_callback(done)
         return task
 
-    async def _actuate(self, guest: GuestId, decision: Decision, previous: int,
-                       target: int) -> Action:
+    async def _actuate(self, launch: Launch) -> Action:
         issued = self.clock()
+        guest, decision, previous, target = (launch.guest, launch.decision, launch.previous,
+                                             launch.target)
 
         def action(outcome: Outcome, error: str = "") -> Action:
             return Action(guest, decision.target, target, previous, decision.reason, outcome,
@@ -462,44 +402,38 @@ class Engine:
         if self.dry_run:
             log.info("dry-run: would set %s to %d MiB (%s)", guest, target >> 20, decision.reason)
             return action(Outcome.DRY_RUN)
-        backend = self.backends.get(self._owner.get(guest, ""))
+        backend = self.backends.get(self.core.owner.get(guest, ""))
         if backend is None:
             return action(Outcome.FAILED, "guest vanished")
+        timeout = self.actuator_timeout
         try:
-            async with asyncio.timeout(self.actuator_timeout):
+            async with asyncio.timeout(timeout):
                 await backend.set_target(guest, target)
         except TimeoutError:
-            self.counters.actuator_timeouts += 1
-            self._revert(guest, target, previous)
-            log.warning("setting %s timed out after %.1fs", guest, self.actuator_timeout)
-            return action(Outcome.TIMEOUT, f"no answer within {self.actuator_timeout:g}s")
+            self.core.counters.actuator_timeouts += 1
+            self.core.failed(guest, target, previous)
+            log.warning("setting %s timed out after %.1fs", guest, timeout)
+            return action(Outcome.TIMEOUT, f"no answer within {timeout:g}s")
         except (ActuatorError, OSError, ConnectionError) as exc:
-            self.counters.actuator_errors += 1
-            self._revert(guest, target, previous)
+            self.core.counters.actuator_errors += 1
+            self.core.failed(guest, target, previous)
             log.warning("setting %s failed: %s", guest, exc)
             return action(Outcome.FAILED, str(exc))
         except Exception as exc:
-            self.counters.actuator_errors += 1
-            self._revert(guest, target, previous)
+            self.core.counters.actuator_errors += 1
+            self.core.failed(guest, target, previous)
             log.exception("backend failed setting %s", guest)
             return action(Outcome.FAILED, repr(exc))
         log.info("%s %s: %d -> %d MiB (%s)", "inflated" if target < previous else "deflated",
                  guest, previous >> 20, target >> 20, decision.reason)
         return action(Outcome.APPLIED)
 
-    def _revert(self, guest: GuestId, target: int, previous: int) -> None:
-        state = self.guests.get(guest)
-        if state is not None and state.target_bytes == target:
-            state.target_bytes = previous
-            state.target_set_time = None
-
-    async def _finish_round(self, trigger: Trigger, snapshot: Snapshot, started: float,
-                            decided: float, vetoed: list[Action],
+    async def _finish_round(self, planned: PlannedRound, decided: float,
                             launched: list[asyncio.Task[Action]]) -> None:
         done = await asyncio.gather(*launched)
-        record = RoundRecord(trigger, self.config.policy, started, decided, self.clock(),
-                             tuple(vetoed) + tuple(done))
-        self._record(record, snapshot)
+        record = RoundRecord(planned.trigger, self.config.policy, planned.started, decided,
+                             self.clock(), planned.vetoed + tuple(done))
+        self._record(record, planned.snapshot)
 
     def _record(self, record: RoundRecord, snapshot: Snapshot) -> None:
         self.recent.append(record)
@@ -513,52 +447,12 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _check_stalls(self, now: float) -> None:
-        for state in self.guests.values():
-            if now < state.stalled_until or not safety.stalled(self.guard, state, now):
-                continue
-            state.stalled_until = now + self.guard.stall_backoff
-            log.warning("balloon of %s stalled at %d MiB (target %d MiB): backing off for %gs",
-                        state.id, state.actual_bytes >> 20, (state.target_bytes or 0) >> 20,
-                        self.guard.stall_backoff)
-            if state.id in self._in_flight or not state.reachable:
-                continue
-            decision = Decision(state.id, state.actual_bytes, "balloon stalled: stop pushing")
-            previous = safety.current_target(state)
-            self._launch(state, decision, previous, state.actual_bytes, now)
-            state.target_set_time = None
-
     # -- inventory -------------------------------------------------------------
 
-    def _owned(self, backend: str, guest: GuestId) -> GuestState | None:
-        if self._owner.get(guest) != backend:
-            return None
-        return self.guests.get(guest)
-
     def _guest_appeared(self, backend: str, info: GuestInfo) -> None:
-        owner = self._owner.get(info.id)
-        if owner is not None and owner != backend:
-            log.warning("guest %s reported by %s is already owned by %s; ignored",
-                        info.id, backend, owner)
-            return
-        state = self.guests.get(info.id)
+        state = self.core.guest_appeared(backend, info)
         if state is None:
-            state = GuestState(id=info.id, name=info.name, backend=backend,
-                               max_bytes=info.max_bytes, actual_bytes=info.actual_bytes, floor=0)
-            self.guests[info.id] = state
-            self._owner[info.id] = backend
-            log.info("guest %s found: max %d MiB, balloon at %d MiB", info.id,
-                     info.max_bytes >> 20, info.actual_bytes >> 20)
-        else:
-            # Re-reported (a reconnect, a restarted QEMU): adopt its balloon anew.
-            state.max_bytes = info.max_bytes
-            state.actual_bytes = info.actual_bytes
-            state.reachable = True
-            state.target_bytes = None
-            state.target_set_time = None
-            state.target_start_bytes = None
-        state.channel_path = info.channel_path
-        self._apply_overrides(state, info)
+            return
         for source in self.sources.values():
             try:
                 source.guest_added(dataclasses.replace(state))
@@ -573,36 +467,14 @@ class Engine:
                 log.exception("source %s failed on stats of %s", source.name, guest.id)
 
     def _guest_vanished(self, backend: str, guest: GuestId, why: str) -> None:
-        if self._owner.get(guest) != backend:
+        if not self.core.guest_vanished(backend, guest):
             return
-        del self._owner[guest]
-        self.guests.pop(guest, None)
         log.info("guest %s gone: %s", guest, why)
         for source in self.sources.values():
             try:
                 source.guest_removed(guest)
             except Exception:
                 log.exception("source %s failed on removal of %s", source.name, guest)
-
-    def _guest_balloon(self, backend: str, guest: GuestId, actual: int,
-                       max_bytes: int | None) -> None:
-        state = self._owned(backend, guest)
-        if state is None:
-            return
-        if max_bytes is not None and max_bytes != state.max_bytes:
-            state.max_bytes = max_bytes
-            self._apply_overrides(state, None)
-        deflated_itself = safety.self_deflated(state, actual, self.guard.tolerance)
-        state.actual_bytes = actual
-        if deflated_itself:
-            now = self.clock()
-            log.info("guest %s deflated itself to %d MiB (target was %d MiB): adopted",
-                     guest, actual >> 20, (state.target_bytes or 0) >> 20)
-            state.target_bytes = actual
-            state.target_set_time = None
-            state.last_action = "adopted"
-            state.last_reason = "guest deflated itself (deflate-on-oom)"
-            self.emit(PressureEvent("deflate-on-oom", PressureLevel.MEDIUM, now, guest=guest))
 
     # -- hints from hypervisor hooks ----------------------------------------------
 
@@ -618,7 +490,7 @@ class Engine:
         if target is None:
             raise ValueError(f"no such backend {backend!r} (enabled: {', '.join(self.backends)})")
         guest = f"{backend}:{name}"
-        state = self.guests.get(guest)
+        state = self.core.guests.get(guest)
         if state is not None and event in ("stopped", "migrating") and state.reachable:
             state.reachable = False
             log.info("hook: %s is %s; not acting on it", guest, event)
@@ -630,9 +502,13 @@ class Engine:
     def status(self) -> dict[str, Any]:
         """A JSON-able picture for the control socket."""
         snapshot = self.snapshot()
+        escalation = self.core.last_escalation
         return {
             "policy": self.config.policy,
             "dry_run": self.dry_run,
+            "escalation": None if escalation is None else {
+                "age": snapshot.time - escalation.time, "reason": escalation.reason,
+                "victim": escalation.victim},
             "host": {
                 "level": snapshot.host.level.name.lower(),
                 "level_since": snapshot.host.level_since,

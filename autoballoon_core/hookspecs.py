@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from autoballoon_core.interfaces import BackendSpec, Policy, PolicySpec, SourceSpec
-from autoballoon_core.model import Decision, PressureEvent, RoundRecord, Snapshot, Trigger
+from autoballoon_core.model import (
+    Decision,
+    Escalation,
+    PressureEvent,
+    RoundRecord,
+    Snapshot,
+    Trigger,
+)
 
 if TYPE_CHECKING:
     from autoballoon_core.config import Config
@@ -83,4 +90,21 @@ def autoballoon_round(record: RoundRecord, snapshot: Snapshot) -> None:
     """Called once a decision round is complete, with every action's outcome.
 
     For audit logs and metrics. ``snapshot`` is the state the round decided on.
+    """
+
+
+@hookspec
+def autoballoon_escalate(escalation: Escalation, snapshot: Snapshot) -> None:
+    """Called when ballooning cannot help: the host stayed below the escalation
+    reserve (``[escalation]``) for ``hold`` seconds while no balloon was being
+    inflated and none was on its way: guests at their floors, under pressure,
+    stalled, or with nothing idle left.
+
+    ``escalation.victim`` is the guest suggested first (lowest weight, then the
+    largest); ``snapshot`` is the round's state. Implement it to migrate, save
+    or pause a VM, or to page someone. Called on the event loop: start slow
+    work in the background (the configured ``command`` already runs that way).
+    Not called again within ``[escalation] repeat`` seconds.
+
+    New in 0.2.
     """

@@ -414,6 +414,8 @@ class Metrics:
              counters.coalesced),
             ("autoballoon_policy_errors", "Rounds in which the policy raised.",
              counters.policy_errors),
+            ("autoballoon_escalations", "Escalations raised: the host stayed short of memory "
+             "with nothing left for ballooning to take.", counters.escalations),
         )
         families: list[Metric] = []
         for name, doc, value in table:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
+FALL_RATE_READING = "memory.fall_rate_bytes"
+"""Host reading (``HostState.readings``): bytes per second host available memory is
+falling, 0 when it rises. Published by the ``watermark`` source."""
+
 GuestId = str
 """A guest's identity: ``"<backend>:<name>"``, unique within one daemon."""
 
@@ -108,10 +112,14 @@ class GuestState:
     target_bytes: int | None = None
     """The last target the engine set, or None when it has set none (adopted)."""
     stats: GuestStats | None = None
+    stats_actual_bytes: int | None = None
+    """The balloon's actual size when ``stats`` arrived."""
     pressure: PressureLevel = PressureLevel.NONE
     pressure_wanted: int = 0
-    pressure_since: float | None = None
     pressure_time: float = 0.0
+    """When the guest last reported its pressure (the hold counts from here)."""
+    pressure_rose_time: float | None = None
+    """When the guest's pressure last rose (a higher level or a larger amount wanted)."""
     last_action_time: float | None = None
     last_action: str = ""
     last_reason: str = ""
@@ -178,6 +186,15 @@ class Snapshot:
         return [g for _, g in sorted(self.guests.items()) if g.managed and g.reachable]
 
 
+class Origin(enum.Enum):
+    """Which path asked for a balloon target. Every one passes the safety guard."""
+
+    POLICY = "policy"
+    STALL = "stall"
+    RELEASE = "release"
+    OPERATOR = "operator"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """A wanted balloon target for one guest, and why (shown to operators)."""
@@ -185,6 +202,26 @@ class Decision:
     guest: GuestId
     target: int
     reason: str
+    origin: Origin = Origin.POLICY
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """Ballooning cannot help: the host stays short and nothing is left to take.
+
+    Raised by the engine (hook ``autoballoon_escalate``, audit record, metric,
+    optional command) so that a virt manager can migrate, save or pause a VM;
+    ``victim`` is the guest suggested first (lowest weight, then the largest).
+    """
+
+    time: float
+    mem_total: int
+    mem_available: int
+    reserve: int
+    level: PressureLevel
+    victim: GuestId | None
+    reason: str
+    guests: tuple[GuestId, ...] = ()
 
 
 class Outcome(enum.Enum):

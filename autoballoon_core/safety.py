@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoballoon_core.model import Decision, GuestState, PressureLevel, Snapshot
+from autoballoon_core.model import Decision, GuestState, Origin, PressureLevel, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,23 +108,32 @@ def _review_one(
         return veto("guest is unreachable")
     if decision.guest in in_flight:
         return veto("a command for this guest is still in flight")
-    target = min(max(decision.target, guest.floor), guest.max_bytes)
-    if target > previous + settings.max_step:
-        target = previous + settings.max_step
-    elif target < previous - settings.max_step:
-        target = previous - settings.max_step
+    target = clamp(settings, guest, decision.target, previous)
     inflating = target < previous
     if inflating and under_pressure(guest):
         return veto("guest reports memory pressure: never inflated while it lasts")
     if inflating and now < guest.stalled_until:
         return veto("balloon stalled: backing off")
-    if guest.last_action_time is not None and now - guest.last_action_time < settings.cooldown:
-        pressure_rose = under_pressure(guest) and guest.pressure_time > guest.last_action_time
+    if (decision.origin is not Origin.STALL and guest.last_action_time is not None
+            and now - guest.last_action_time < settings.cooldown):
+        rose = guest.pressure_rose_time
+        pressure_rose = under_pressure(guest) and rose is not None and (
+            rose > guest.last_action_time)
         if inflating or not pressure_rose:
             return veto("cooldown")
     if abs(target - previous) < max(settings.min_change, 1):
         return veto("change below min_change")
     return Review(decision, previous, target)
+
+
+def clamp(settings: GuardSettings, guest: GuestState, wanted: int, previous: int) -> int:
+    """``wanted`` moved at most ``max_step`` from ``previous``, then into [floor, max].
+
+    The bounds come last, so a previous target outside them (an adopted size,
+    a lowered maximum) never lets a step land outside them.
+    """
+    target = min(max(wanted, previous - settings.max_step), previous + settings.max_step)
+    return min(max(target, guest.floor), guest.max_bytes)
 
 
 def self_deflated(guest: GuestState, actual: int, tolerance: int) -> bool:

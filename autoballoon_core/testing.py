@@ -163,12 +163,11 @@ class Harness:
         self.source = source
 
     def host_event(self, level: PressureLevel, value: float = 0.0) -> None:
-        self.source.push(PressureEvent(SCRIPTED_SOURCE, level, time.monotonic(), value=value))
+        self.source.push(PressureEvent(SCRIPTED_SOURCE, level, self.engine.clock(), value=value))
 
     def guest_event(self, guest: str, level: PressureLevel, want: int = 0) -> None:
-        self.source.push(
-            PressureEvent(SCRIPTED_SOURCE, level, time.monotonic(), guest=guest, wanted_bytes=want)
-        )
+        self.source.push(PressureEvent(SCRIPTED_SOURCE, level, self.engine.clock(), guest=guest,
+                                       wanted_bytes=want))
 
     async def settle(self, rounds: int = 5) -> None:
         """Let scheduled rounds run and in-flight commands finish."""
@@ -185,15 +184,20 @@ async def harness(
     *,
     guests: Mapping[str, tuple[int, int]] | None = None,
     plugins: Iterable[tuple[object, str]] = (),
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Harness]:
-    """An engine with ``guests`` ({name: (max, actual)}) on the fake backend."""
+    """An engine with ``guests`` ({name: (max, actual)}) on the fake backend.
+
+    ``clock`` is the engine's one clock (a test may pass a fake one and call
+    ``harness.engine.wake()`` after moving it).
+    """
     backend = FakeBackend(guests or {})
     source = ScriptedSource()
     extra = [(_HarnessPlugin(backend, source), "harness"), *plugins]
     manager = create_plugin_manager(extra=extra)
     registry = collect(manager)
     config = build_config(settings or {}, registry)
-    engine = Engine(config, manager, registry)
+    engine = Engine(config, manager, registry, clock=clock)
     await engine.start()
     await source.ready()
     try:

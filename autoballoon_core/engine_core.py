@@ -1,0 +1,589 @@
+"""The engine's decision machinery: pure, clock-driven, no asyncio and no I/O.
+
+One :class:`EngineCore` holds the guest table (ownership, per-guest overrides,
+adoption of guest-initiated deflation), the host and guest pressure holds,
+event coalescing and the classification of each round's trigger, the timer,
+the stall watch, the safety guard's review and escalation. Every method takes
+the time it runs at; the core never reads a clock. Two drivers use it:
+
+* :class:`autoballoon_core.engine.Engine`, the daemon's asyncio engine, which
+  calls :meth:`EngineCore.run_due` when :meth:`EngineCore.next_deadline`
+  comes or right after events arrive, and sends the approved launches to the
+  backends, one task per guest;
+* :class:`autoballoon_sim.engine.SimEngine`, which calls the same methods in
+  simulated time and applies the launches to its memory model at once.
+
+So what the simulator shows is what the daemon decides.
+
+Coalescing. Host events: the first event after a quiet period starts a round
+at once (a driver merges events that arrive together); for
+``coalesce_interval`` after a round further host events are merged, and when
+the interval ends one more round runs only if their highest level is above
+the last round's. Guest events: a guest whose pressure *rises* (a higher
+level, or a larger amount wanted) gets a round at once; a repeat at the same
+level only keeps the pressure alive (``guest_pressure_hold``) and starts
+nothing. A round that merges host and guest events is a host-pressure round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from autoballoon_core import safety
+from autoballoon_core.model import (
+    Action,
+    Decision,
+    Escalation,
+    GuestId,
+    GuestInfo,
+    GuestState,
+    GuestStats,
+    HostState,
+    Origin,
+    Outcome,
+    PressureEvent,
+    PressureLevel,
+    Snapshot,
+    Trigger,
+    TriggerKind,
+)
+
+log = logging.getLogger("autoballoon.engine")
+
+DecideFn = Callable[[Snapshot, Trigger], list[Decision]]
+HostMemoryFn = Callable[[], "tuple[int, int] | None"]
+ReadingsFn = Callable[[], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineSettings:
+    coalesce_interval: float = 1.0
+    tick_interval: float = 5.0
+    host_pressure_hold: float = 5.0
+    guest_pressure_hold: float = 10.0
+    dry_run: bool = False
+
+    @classmethod
+    def from_options(cls, engine: Mapping[str, Any], dry_run: bool = False) -> EngineSettings:
+        return cls(engine["coalesce_interval"], engine["tick_interval"],
+                   engine["host_pressure_hold"], engine["guest_pressure_hold"], dry_run)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EscalationSettings:
+    """When ballooning cannot help: the host below ``reserve`` with nothing left to take."""
+
+    enabled: bool = True
+    reserve: int = 0
+    reserve_percent: float = 0.03
+    hold: float = 1.0
+    repeat: float = 60.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> EscalationSettings:
+        return cls(options["enabled"], options["reserve"], options["reserve_percent"],
+                   options["hold"], options["repeat"])
+
+    def reserve_for(self, total: int) -> float:
+        return max(float(self.reserve), self.reserve_percent * total)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuestOverride:
+    floor: int | None = None
+    weight: float | None = None
+    managed: bool | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Counters:
+    events: int = 0
+    events_dropped: int = 0
+    rounds: int = 0
+    coalesced: int = 0
+    policy_errors: int = 0
+    actuator_errors: int = 0
+    actuator_timeouts: int = 0
+    escalations: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Launch:
+    """A command the guard approved: set ``guest`` from ``previous`` to ``target``."""
+
+    guest: GuestId
+    decision: Decision
+    previous: int
+    target: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedRound:
+    """One decision round: what woke it, what was seen, what to launch, what was vetoed."""
+
+    trigger: Trigger
+    snapshot: Snapshot
+    started: float
+    launches: tuple[Launch, ...]
+    vetoed: tuple[Action, ...]
+    escalation: Escalation | None = None
+
+
+class EngineCore:
+    """Guests, holds, coalescing, timer, stall watch, guard and escalation, in one place."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        guard: safety.GuardSettings,
+        decide: DecideFn,
+        now: float,
+        *,
+        host_memory: HostMemoryFn = lambda: None,
+        readings: ReadingsFn = dict,
+        overrides: Callable[[GuestId, str], GuestOverride] = lambda _gid, _name: GuestOverride(),
+        escalation: EscalationSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.guard = guard
+        self.decide = decide
+        self.host_memory = host_memory
+        self.readings = readings
+        self.overrides = overrides
+        self.escalation = escalation or EscalationSettings()
+        self.guests: dict[GuestId, GuestState] = {}
+        self.owner: dict[GuestId, str] = {}
+        self.in_flight: set[GuestId] = set()
+        self.counters = Counters()
+        self.last_escalation: Escalation | None = None
+        self._pending: list[PressureEvent] = []
+        self._rising = False
+        self._batch_at: float | None = None
+        self._batch_trailing = False
+        self._window_end = float("-inf")
+        self._last_round_level = PressureLevel.NONE
+        self._host_levels: dict[str, tuple[PressureLevel, float]] = {}
+        self._host_level = PressureLevel.NONE
+        self._host_level_since = now
+        self._next_tick = now + settings.tick_interval
+        self._short_since: float | None = None
+
+    # -- configuration ---------------------------------------------------------------
+
+    def reconfigure(self, settings: EngineSettings, guard: safety.GuardSettings,
+                    decide: DecideFn, overrides: Callable[[GuestId, str], GuestOverride],
+                    escalation: EscalationSettings, now: float) -> None:
+        """Switch to new settings in one step (everything was built beforehand)."""
+        if settings.tick_interval != self.settings.tick_interval:
+            self._next_tick = now + settings.tick_interval
+        self.settings, self.guard, self.decide = settings, guard, decide
+        self.overrides, self.escalation = overrides, escalation
+        for state in self.guests.values():
+            self._apply_overrides(state, None)
+
+    def _apply_overrides(self, state: GuestState, info: GuestInfo | None) -> None:
+        override = self.overrides(state.id, state.name)
+
+        def pick(given: Any, configured: Any) -> Any:
+            return given if given is not None else configured
+
+        state.floor = self.guard.floor_for(
+            state.max_bytes, pick(info.floor if info else None, override.floor))
+        weight = pick(info.weight if info else None, override.weight)
+        state.weight = 1.0 if weight is None else weight
+        managed = pick(info.managed if info else None, override.managed)
+        state.managed = True if managed is None else managed
+
+    # -- inventory -------------------------------------------------------------------
+
+    def owned(self, backend: str, guest: GuestId) -> GuestState | None:
+        if self.owner.get(guest) != backend:
+            return None
+        return self.guests.get(guest)
+
+    def guest_appeared(self, backend: str, info: GuestInfo) -> GuestState | None:
+        """A backend found a guest (or found it again): adopt its balloon as it is."""
+        owner = self.owner.get(info.id)
+        if owner is not None and owner != backend:
+            log.warning("guest %s reported by %s is already owned by %s; ignored",
+                        info.id, backend, owner)
+            return None
+        actual = max(0, min(info.actual_bytes, info.max_bytes))
+        state = self.guests.get(info.id)
+        if state is None:
+            state = GuestState(id=info.id, name=info.name, backend=backend,
+                               max_bytes=info.max_bytes, actual_bytes=actual, floor=0)
+            self.guests[info.id] = state
+            self.owner[info.id] = backend
+            log.info("guest %s found: max %d MiB, balloon at %d MiB", info.id,
+                     info.max_bytes >> 20, actual >> 20)
+        else:
+            state.max_bytes = info.max_bytes
+            state.actual_bytes = actual
+            state.reachable = True
+            state.target_bytes = None
+            state.target_set_time = None
+            state.target_start_bytes = None
+        state.channel_path = info.channel_path
+        self._apply_overrides(state, info)
+        return state
+
+    def guest_vanished(self, backend: str, guest: GuestId) -> bool:
+        if self.owner.get(guest) != backend:
+            return False
+        del self.owner[guest]
+        self.guests.pop(guest, None)
+        self.in_flight.discard(guest)
+        return True
+
+    def guest_stats(self, backend: str, guest: GuestId, stats: GuestStats) -> GuestState | None:
+        state = self.owned(backend, guest)
+        if state is not None:
+            state.stats = stats
+            state.stats_actual_bytes = state.actual_bytes
+        return state
+
+    def guest_reachable(self, backend: str, guest: GuestId, reachable: bool) -> bool:
+        """True when the guest's reachability changed."""
+        state = self.owned(backend, guest)
+        if state is None or state.reachable == reachable:
+            return False
+        state.reachable = reachable
+        return True
+
+    def guest_balloon(self, backend: str, guest: GuestId, actual: int, max_bytes: int | None,
+                      now: float) -> PressureEvent | None:
+        """The balloon's size changed; returns the event to emit when the guest
+        deflated itself (deflate-on-oom), which the engine adopts."""
+        state = self.owned(backend, guest)
+        if state is None:
+            return None
+        if max_bytes is not None and max_bytes > 0 and max_bytes != state.max_bytes:
+            state.max_bytes = max_bytes
+            self._apply_overrides(state, None)
+        actual = max(0, min(actual, state.max_bytes))
+        deflated_itself = safety.self_deflated(state, actual, self.guard.tolerance)
+        state.actual_bytes = actual
+        if not deflated_itself:
+            return None
+        log.info("guest %s deflated itself to %d MiB (target was %d MiB): adopted",
+                 guest, actual >> 20, (state.target_bytes or 0) >> 20)
+        state.target_bytes = actual
+        state.target_set_time = None
+        state.last_action = "adopted"
+        state.last_reason = "guest deflated itself (deflate-on-oom)"
+        return PressureEvent("deflate-on-oom", PressureLevel.MEDIUM, now, guest=guest)
+
+    # -- events ----------------------------------------------------------------------
+
+    def event(self, event: PressureEvent) -> bool:
+        """Take one event; False when it concerns an unknown guest (dropped)."""
+        self.counters.events += 1
+        if event.guest is not None:
+            state = self.guests.get(event.guest)
+            if state is None:
+                self.counters.events_dropped += 1
+                return False
+            if not self._note_guest_pressure(state, event):
+                self.counters.coalesced += 1
+                return True
+            self._pending.append(event)
+            self._rising = True
+            self._batch_at = event.time
+            self._batch_trailing = False
+            return True
+        if event.level:
+            self._host_levels[event.source] = (event.level, event.time)
+        else:
+            self._host_levels.pop(event.source, None)
+        self.host_level(event.time)
+        if self._batch_trailing and event.time >= self._window_end:
+            self._close_window()
+        self._pending.append(event)
+        if event.time >= self._window_end:
+            if self._batch_at is None or self._batch_trailing:
+                self._batch_at = event.time
+                self._batch_trailing = False
+        elif self._batch_at is None:
+            self._batch_at = self._window_end
+            self._batch_trailing = True
+        return True
+
+    def _close_window(self) -> None:
+        """The coalescing window ended before this event: settle what it merged.
+
+        Exactly what the trailing round at the window's end would have done:
+        events no higher than the last round's level are coalesced away; higher
+        ones stay pending and run with the new event at once.
+        """
+        host_level = max((e.level for e in self._pending if e.guest is None),
+                         default=PressureLevel.NONE)
+        if not self._rising and host_level <= self._last_round_level:
+            self.counters.coalesced += len(self._pending)
+            self._pending = []
+        self._batch_at, self._batch_trailing = None, False
+
+    def _note_guest_pressure(self, state: GuestState, event: PressureEvent) -> bool:
+        """Record a guest's report; True when its pressure rose (a round is due)."""
+        now = event.time
+        previous = self.guest_level(state, now)
+        wanted = max(0, event.wanted_bytes)
+        rose = event.level > previous or (
+            event.level > PressureLevel.NONE and wanted > state.pressure_wanted)
+        state.pressure = event.level
+        state.pressure_wanted = wanted if event.level else 0
+        state.pressure_time = now
+        if rose:
+            state.pressure_rose_time = now
+        return rose
+
+    def guest_level(self, state: GuestState, now: float) -> PressureLevel:
+        if state.pressure and now - state.pressure_time > self.settings.guest_pressure_hold:
+            return PressureLevel.NONE
+        return state.pressure
+
+    def host_level(self, now: float) -> PressureLevel:
+        """The highest level any source reported within ``host_pressure_hold``."""
+        hold = self.settings.host_pressure_hold
+        for source, (_level, seen) in list(self._host_levels.items()):
+            if now - seen > hold:
+                del self._host_levels[source]
+        level = max((lvl for lvl, _t in self._host_levels.values()), default=PressureLevel.NONE)
+        if level != self._host_level:
+            self._host_level = level
+            self._host_level_since = now
+        return level
+
+    def host_levels(self, now: float) -> dict[str, PressureLevel]:
+        """Each source's level still held at ``now`` (no side effects)."""
+        hold = self.settings.host_pressure_hold
+        return {s: lvl for s, (lvl, seen) in self._host_levels.items() if now - seen <= hold}
+
+    # -- time ------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When :meth:`run_due` has something to do next."""
+        if self._batch_at is not None:
+            return min(self._batch_at, self._next_tick)
+        return self._next_tick
+
+    def run_due(self, now: float) -> list[PlannedRound]:
+        """Run what is due at ``now``: the pending batch, then the timer round."""
+        rounds: list[PlannedRound] = []
+        if self._batch_at is not None and now >= self._batch_at:
+            planned = self._run_batch(now)
+            if planned is not None:
+                rounds.append(planned)
+        if now >= self._next_tick:
+            while self._next_tick <= now:
+                self._next_tick += self.settings.tick_interval
+            rounds.append(self.run_round(Trigger(TriggerKind.TICK, self.host_level(now), now),
+                                         now))
+        return rounds
+
+    def _run_batch(self, now: float) -> PlannedRound | None:
+        trailing, rising = self._batch_trailing, self._rising
+        self._batch_at, self._batch_trailing, self._rising = None, False, False
+        events, self._pending = self._pending, []
+        if not events:
+            return None
+        host_level = max((e.level for e in events if e.guest is None), default=PressureLevel.NONE)
+        guest_events = [e for e in events if e.guest is not None]
+        if trailing and not rising and host_level <= self._last_round_level:
+            self.counters.coalesced += len(events)
+            return None
+        if host_level or not guest_events:
+            self._window_end = now + self.settings.coalesce_interval
+            self._last_round_level = host_level
+        kind = TriggerKind.HOST_PRESSURE if host_level or not guest_events else (
+            TriggerKind.GUEST_PRESSURE)
+        level = host_level if host_level else max(e.level for e in events)
+        return self.run_round(Trigger(kind, level, now, tuple(events)), now)
+
+    # -- rounds ------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The host and every guest as a round at ``now`` sees them. No side effects."""
+        guests = {}
+        for gid, state in self.guests.items():
+            copy = dataclasses.replace(state)
+            if self.guest_level(state, now) is PressureLevel.NONE:
+                copy.pressure = PressureLevel.NONE
+                copy.pressure_wanted = 0
+            guests[gid] = copy
+        try:
+            readings = dict(self.readings())
+        except Exception:
+            log.exception("reading the sources' figures failed")
+            readings = {}
+        memory = self.host_memory()
+        held = self.host_levels(now)
+        level = max(held.values(), default=PressureLevel.NONE)
+        since = self._host_level_since if level == self._host_level else now
+        host = HostState(level=level, level_since=since,
+                         mem_total=memory[0] if memory else None,
+                         mem_available=memory[1] if memory else None, readings=readings)
+        return Snapshot(time=now, host=host, guests=guests)
+
+    def run_round(self, trigger: Trigger, now: float) -> PlannedRound:
+        """One round: expire holds, watch stalls, ask the policy, review, plan launches."""
+        self.host_level(now)
+        self._expire_guest_pressure(now)
+        stall_decisions = self._check_stalls(now)
+        snapshot = self.snapshot(now)
+        try:
+            decisions = list(self.decide(snapshot, trigger) or [])
+        except Exception:
+            self.counters.policy_errors += 1
+            log.exception("the policy failed; no decision this round")
+            decisions = []
+        self.counters.rounds += 1
+        stalled_ids = {d.guest for d in stall_decisions}
+        decisions = stall_decisions + [d for d in decisions if d.guest not in stalled_ids]
+        launches, vetoed = self.review(snapshot, decisions, now)
+        escalation = self._watch_escalation(snapshot, trigger, launches, now)
+        return PlannedRound(trigger, snapshot, now, tuple(launches), tuple(vetoed), escalation)
+
+    def review(self, snapshot: Snapshot, decisions: list[Decision],
+               now: float) -> tuple[list[Launch], list[Action]]:
+        """The guard's review; approved targets are recorded as set (unless dry run)."""
+        launches: list[Launch] = []
+        vetoed: list[Action] = []
+        for verdict in safety.review(self.guard, snapshot, decisions, now,
+                                     frozenset(self.in_flight)):
+            decision = verdict.decision
+            state = self.guests.get(decision.guest)
+            if verdict.veto or state is None:
+                vetoed.append(Action(decision.guest, decision.target, verdict.target,
+                                     verdict.previous, decision.reason, Outcome.VETOED,
+                                     verdict.veto or "guest vanished"))
+                continue
+            self._record_launch(state, decision, verdict.target, now)
+            launches.append(Launch(state.id, decision, verdict.previous, verdict.target))
+        return launches, vetoed
+
+    def _record_launch(self, state: GuestState, decision: Decision, target: int,
+                       now: float) -> None:
+        previous = safety.current_target(state)
+        state.last_action_time = now
+        state.last_action = "inflate" if target < previous else "deflate"
+        state.last_reason = decision.reason
+        self.in_flight.add(state.id)
+        if self.settings.dry_run:
+            return
+        state.target_bytes = target
+        state.target_start_bytes = state.actual_bytes
+        # a stop after a stall is not watched again: the balloon stays where it is
+        state.target_set_time = None if decision.origin is Origin.STALL else now
+
+    def finished(self, guest: GuestId) -> None:
+        """The command for ``guest`` ended (applied or not)."""
+        self.in_flight.discard(guest)
+
+    def failed(self, guest: GuestId, target: int, previous: int) -> None:
+        """The command for ``guest`` failed: the target it had stays in force."""
+        self.in_flight.discard(guest)
+        state = self.guests.get(guest)
+        if state is not None and state.target_bytes == target:
+            state.target_bytes = previous
+            state.target_set_time = None
+
+    def _expire_guest_pressure(self, now: float) -> None:
+        for state in self.guests.values():
+            if state.pressure and self.guest_level(state, now) is PressureLevel.NONE:
+                state.pressure = PressureLevel.NONE
+                state.pressure_wanted = 0
+
+    def _check_stalls(self, now: float) -> list[Decision]:
+        """Guests whose balloon stopped converging: back off, and stop pushing."""
+        stops = []
+        for state in self.guests.values():
+            if now < state.stalled_until or not safety.stalled(self.guard, state, now):
+                continue
+            state.stalled_until = now + self.guard.stall_backoff
+            state.target_set_time = None
+            log.warning("balloon of %s stalled at %d MiB (target %d MiB): backing off for %gs",
+                        state.id, state.actual_bytes >> 20, (state.target_bytes or 0) >> 20,
+                        self.guard.stall_backoff)
+            stops.append(Decision(state.id, state.actual_bytes, "balloon stalled: stop pushing",
+                                  Origin.STALL))
+        return stops
+
+    def release_step(self, now: float) -> list[Decision]:
+        """One step of giving managed guests their maximum back (on exit).
+
+        Bounded by what the host has available above the escalation reserve
+        (all of it when the host figures are unknown) and by ``max_step`` per
+        guest; the guard still reviews every decision.
+        """
+        room = {g.id: min(g.max_bytes - safety.current_target(g), self.guard.max_step)
+                for g in self.guests.values()
+                if g.managed and g.reachable and g.id not in self.in_flight
+                and safety.current_target(g) < g.max_bytes}
+        room = {gid: r for gid, r in room.items() if r > 0}
+        if not room:
+            return []
+        memory = self.host_memory()
+        budget = float("inf")
+        if memory is not None:
+            total, available = memory
+            budget = max(0.0, available - self.escalation.reserve_for(total))
+        decisions = []
+        for gid in sorted(room, key=lambda g: room[g]):
+            amount = int(min(room[gid], budget))
+            if amount <= 0:
+                break
+            budget -= amount
+            state = self.guests[gid]
+            decisions.append(Decision(gid, safety.current_target(state) + amount,
+                                      f"release on exit: give back {amount >> 20} MiB "
+                                      "within host headroom", Origin.RELEASE))
+        return decisions
+
+    # -- escalation ----------------------------------------------------------------------
+
+    def _watch_escalation(self, snapshot: Snapshot, trigger: Trigger, launches: list[Launch],
+                          now: float) -> Escalation | None:
+        """Raise an escalation when the host stays short and nothing is left to take."""
+        settings = self.escalation
+        host = snapshot.host
+        if not settings.enabled or host.mem_total is None or host.mem_available is None:
+            self._short_since = None
+            return None
+        reserve = settings.reserve_for(host.mem_total)
+        taking = any(launch.target < launch.previous for launch in launches)
+        on_way = sum(max(0, g.actual_bytes - safety.current_target(g))
+                     for g in snapshot.guests.values())
+        short = host.mem_available < reserve and not taking and on_way == 0
+        if not short:
+            self._short_since = None
+            return None
+        if self._short_since is None:
+            self._short_since = now
+        if now - self._short_since < settings.hold:
+            return None
+        last = self.last_escalation
+        if last is not None and now - last.time < settings.repeat:
+            return None
+        victim = self._victim(snapshot)
+        escalation = Escalation(
+            time=now, mem_total=host.mem_total, mem_available=host.mem_available,
+            reserve=int(reserve), level=host.level, victim=victim,
+            reason=(f"host available {host.mem_available >> 20} MiB below the escalation "
+                    f"reserve {int(reserve) >> 20} MiB for {now - self._short_since:.1f} s "
+                    f"and ballooning has nothing left to take"),
+            guests=tuple(sorted(snapshot.guests)))
+        self.last_escalation = escalation
+        self.counters.escalations += 1
+        return escalation
+
+    @staticmethod
+    def _victim(snapshot: Snapshot) -> GuestId | None:
+        """The guest to migrate, save or pause first: lowest weight, then the largest."""
+        candidates = [g for g in snapshot.guests.values() if g.managed and g.reachable]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda g: (g.weight, -g.actual_bytes, g.id)).id

@@ -1,0 +1,100 @@
+"""Escalation: the host stays short and ballooning has nothing left to take."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from autoballoon_core.hostmem import HostMemory
+from autoballoon_core.model import Escalation, GiB, MiB, PressureLevel, Snapshot
+from autoballoon_core.plugins import hookimpl
+from autoballoon_core.testing import harness
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.escalations: list[Escalation] = []
+
+    @hookimpl
+    def autoballoon_escalate(self, escalation: Escalation, snapshot: Snapshot) -> None:
+        self.escalations.append(escalation)
+
+
+def short_host(engine: object, available: int) -> None:
+    engine.host_memory.read = lambda: HostMemory(total=4 * GiB, available=available)  # type: ignore[attr-defined]
+
+
+async def test_escalates_when_guests_are_at_their_floors_and_the_host_stays_short(
+        tmp_path: Path) -> None:
+    seen = Seen()
+    now = [100.0]
+    out = tmp_path / "payload.json"
+    command = [sys.executable, "-c",
+               f"import sys; open({str(out)!r}, 'w').write(sys.stdin.read())"]
+    settings = {"engine": {"policy": "seed-fixed"},
+                "escalation": {"hold": "1s", "repeat": "60s", "command": command},
+                "guests": {"big": {"weight": 2.0}}}
+    guests = {"big": (2 * GiB, 256 * MiB), "small": (GiB, 256 * MiB)}  # both at the floor
+    async with harness(settings, guests=guests, clock=lambda: now[0],
+                       plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 50 * MiB)  # 3 % of 4 GiB is 123 MiB
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert seen.escalations == []  # short, but not for `hold` yet
+        now[0] = 101.5
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert len(seen.escalations) == 1
+        escalation = seen.escalations[0]
+        assert escalation.victim == "fake:small"  # lowest weight first
+        assert "50 MiB below the escalation reserve 122 MiB" in escalation.reason
+        assert h.engine.status()["escalation"]["victim"] == "fake:small"
+        assert h.engine.counters.escalations == 1
+        now[0] = 103.0
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert len(seen.escalations) == 1  # not again within `repeat`
+        await h.engine.escalation_runner.close()
+    payload = json.loads(out.read_text())
+    assert payload["victim"] == "fake:small"
+    assert payload["host"]["mem_available"] == 50 * MiB
+    assert {g["id"] for g in payload["guests"]} == {"fake:big", "fake:small"}
+
+
+async def test_no_escalation_while_a_balloon_is_being_inflated() -> None:
+    seen = Seen()
+    now = [100.0]
+    guests = {"a": (2 * GiB, 2 * GiB)}  # plenty to take
+    async with harness({"engine": {"policy": "seed-fixed"}, "escalation": {"hold": "0s"}},
+                       guests=guests, clock=lambda: now[0], plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 10 * MiB)
+        for step in range(4):
+            now[0] = 100.0 + 2 * step
+            h.host_event(PressureLevel.MEDIUM)
+            await h.settle()
+        assert h.backend.actual["fake:a"] < 2 * GiB
+        assert seen.escalations == []
+
+
+async def test_a_hanging_command_never_blocks_the_engine(tmp_path: Path) -> None:
+    seen = Seen()
+    now = [100.0]
+    command = [sys.executable, "-c", "import time; time.sleep(30)"]
+    settings = {"engine": {"policy": "seed-fixed"},
+                "escalation": {"hold": "0s", "command": command, "command_timeout": "0.5s"}}
+    async with harness(settings, guests={"a": (GiB, 256 * MiB)}, clock=lambda: now[0],
+                       plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 10 * MiB)
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert len(seen.escalations) == 1
+        runner = h.engine.escalation_runner
+        rounds = h.engine.counters.rounds
+        now[0] = 102.0
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert h.engine.counters.rounds == rounds + 1  # decided while the command hangs
+        await asyncio.sleep(1.0)
+        assert runner.failures == 1  # killed after command_timeout
