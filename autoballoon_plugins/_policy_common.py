@@ -21,6 +21,20 @@ def guest_free(guest: GuestState) -> int | None:
     return max(0, stats.free)
 
 
+def guest_free_now(guest: GuestState) -> int | None:
+    """MemFree as reported, corrected by the balloon's moves since the report.
+
+    Statistics come every few seconds; a balloon that moved since took its
+    change out of (or gave it to) free memory.
+    """
+    free = guest_free(guest)
+    if free is None:
+        return None
+    if guest.stats_actual_bytes is not None:
+        free += guest.actual_bytes - guest.stats_actual_bytes
+    return max(0, free)
+
+
 def guest_idle(guest: GuestState) -> int | None:
     """Memory the guest holds but does not need: MemFree plus page caches.
 

@@ -1,33 +1,52 @@
-"""``autoballoon``: the default policy. Headroom control with an idle-memory tax.
+"""``autoballoon``: the default policy. Keep every promise the host can pay.
 
-HOW MUCH: keep the host's MemAvailable inside a band ``[reserve, reserve +
-band]`` (10 % and 15 % of host memory by default). Below the band it reclaims
-the deficit to the band's middle (proportional control, gain ``gain``), with
-the balloons already on their way counted as done, so it neither lags nor
-overshoots; a host pressure event of MEDIUM or CRITICAL reclaims at least a
-level-dependent share even when MemAvailable looks fine. Inside the band it
-does nothing (the dead band), above it it gives memory back gradually.
+The host is overcommitted: the guests together may use more memory than the
+host has. What kills a QEMU is a guest *growing* into memory the host no
+longer has. So the policy keeps two figures in balance each round:
 
-FROM WHOM: idle memory first (MemFree + caches from the guest's statistics,
-above what each guest keeps), split by weighted water-filling so guests with
-more idle memory give more: an idle-memory tax in the spirit of VMware ESX.
-When the host is critical and idle memory is not enough, guests above their
-weighted fair share are squeezed towards it.
+* **headroom**: host MemAvailable above the ``reserve``, plus what balloons
+  already on their way will free, minus the fall expected within ``horizon``
+  seconds at the rate host memory is falling now (the trend, from the
+  ``watermark`` source's ``memory.fall_rate_bytes`` reading);
+* **exposure**: memory the guests may still take without asking: each
+  guest's free memory (with free page reporting it is not resident on the
+  host; the guest can grow into it at any moment) plus deflations on their way.
 
-GUESTS UNDER PRESSURE are never inflated; they are deflated first, by what
-they ask for (``pressure_wanted``) or by ``pressure_grant``, capped at their
-fair share while the host is critical. Stalled guests are not asked again.
+HOW MUCH and FROM WHOM, in this order:
+
+1. **Guests under pressure are deflated first**, by what they ask for, but
+   never by more than the headroom left after the others' exposure (plus
+   what is on its way): a grant the host cannot pay is how a QEMU dies. A
+   guest's grants are also bounded over time (``pressure_budget`` per
+   minute) and by the idle memory the others can give (they are taxed of
+   idle memory only, never of memory they use, unless the host is critical).
+2. **Exposure above the headroom is cut**: guests' free memory above what each
+   keeps (``guest_keep_free``) is ballooned, most free first. With free page
+   reporting this frees nothing now, but a guest that then grows reclaims its
+   own page cache first instead of the host's memory, and asks.
+3. **A deficit** (headroom below zero) is reclaimed from page caches: a
+   balloon that goes past a guest's free memory makes it drop cache, which
+   frees host memory. Guests with more cache give more (weighted water-filling,
+   an idle-memory tax in the spirit of VMware ESX); each keeps ``guest_keep``.
+4. **Critical host, idle memory exhausted**: guests above their weighted fair
+   share are squeezed towards it.
+5. **Give back** as decisively as it takes: when headroom exceeds exposure by
+   more than the ``band``, the surplus goes back at once (bounded by
+   ``release_max_percent`` per round), to guests short of idle memory first.
+
+Reasons state the figures the decision used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
 from autoballoon_core.model import (
+    FALL_RATE_READING,
     Decision,
     GuestId,
     GuestState,
@@ -39,76 +58,77 @@ from autoballoon_core.model import (
 )
 from autoballoon_core.options import Kind, Option
 from autoballoon_core.safety import current_target, under_pressure
-from autoballoon_plugins._policy_common import guest_free, guest_idle, host_figures, mib
+from autoballoon_plugins._policy_common import guest_free_now, host_figures, mib
 from autoballoon_plugins._policy_fill import water_fill
 
 OPTIONS: tuple[Option, ...] = (
-    Option("reserve_percent", Kind.FLOAT, 0.10,
-           "Host MemAvailable to keep, as a share of host memory (the band's low edge).",
+    Option("reserve_percent", Kind.FLOAT, 0.05,
+           "Host MemAvailable never promised to guests, as a share of host memory.",
            minimum=0.0, maximum=0.9),
-    Option("reserve", Kind.SIZE, 0,
-           "Host MemAvailable to keep in bytes; the larger of the two reserves wins."),
+    Option("reserve", Kind.SIZE, 64 * MiB,
+           "Host MemAvailable never promised to guests, in bytes; the larger reserve wins."),
+    Option("horizon", Kind.DURATION, 3.0,
+           "Seconds of the current fall of host memory planned for (the trend).",
+           minimum=0.0, maximum=600.0),
     Option("band_percent", Kind.FLOAT, 0.05,
-           "Width of the dead band above the reserve, as a share of host memory.",
+           "Headroom above the exposure kept before memory is given back, as a share of "
+           "host memory (the dead band against take/give churn).",
            minimum=0.0, maximum=0.5),
-    Option("critical_percent", Kind.FLOAT, 0.04,
-           "Below this share of host memory available the host is critical: guests are "
-           "squeezed to their fair share and pressure grants are capped by it.",
+    Option("critical_percent", Kind.FLOAT, 0.02,
+           "Below this share of host memory available the host is critical: guests above "
+           "their fair share are squeezed when idle memory is not enough.",
            minimum=0.0, maximum=0.5),
-    Option("gain", Kind.FLOAT, 1.0,
-           "Share of the host deficit reclaimed per round (proportional gain).",
-           minimum=0.05, maximum=2.0),
     Option("medium_reclaim_percent", Kind.FLOAT, 0.01,
            "Least reclaimed on a MEDIUM host event, as a share of host memory.",
            minimum=0.0, maximum=0.5),
     Option("critical_reclaim_percent", Kind.FLOAT, 0.03,
            "Least reclaimed on a CRITICAL host event, as a share of host memory.",
            minimum=0.0, maximum=0.5),
-    Option("release_gain", Kind.FLOAT, 0.5,
-           "Share of the surplus above the band given back per timer round.",
+    Option("release_max_percent", Kind.FLOAT, 0.25,
+           "Most given back per round in all, as a share of host memory.",
            minimum=0.0, maximum=1.0),
-    Option("release_max_percent", Kind.FLOAT, 0.02,
-           "Most given back per timer round in all, as a share of host memory.",
-           minimum=0.0, maximum=1.0),
-    Option("release_extra_percent", Kind.FLOAT, 0.05,
-           "Guests that lack no idle memory get memory back only while host MemAvailable "
-           "is this share of host memory above the band (they would fill it with cache).",
-           minimum=0.0, maximum=1.0),
+    Option("guest_keep_free", Kind.SIZE, 32 * MiB,
+           "Free memory each guest keeps when its exposure is cut."),
     Option("guest_keep_percent", Kind.FLOAT, 0.10,
-           "Idle memory each guest keeps when taxed, as a share of its current size.",
-           minimum=0.0, maximum=1.0),
+           "Idle memory (free + caches) each guest keeps when taxed, as a share of its "
+           "current size.", minimum=0.0, maximum=1.0),
     Option("guest_keep", Kind.SIZE, 64 * MiB,
            "Idle memory each guest keeps when taxed, at least."),
-    Option("pressure_grant", Kind.SIZE, 256 * MiB,
+    Option("pressure_grant", Kind.SIZE, 64 * MiB,
            "Deflate step for a guest under pressure that does not say how much it needs.",
            minimum=MiB),
+    Option("pressure_budget_percent", Kind.FLOAT, 1.0,
+           "Most a guest is granted per minute, as a share of its maximum.",
+           minimum=0.0, maximum=10.0),
     Option("free_page_reporting", Kind.BOOL, True,
            "Guests return free pages to the host by themselves (free-page-reporting=on): "
-           "taking a guest's free memory then frees nothing now, only its caches do."),
-    Option("inflate_hold", Kind.DURATION, 60.0,
+           "taking a guest's free memory frees nothing now, only its caches do."),
+    Option("inflate_hold", Kind.DURATION, 30.0,
            "A guest given memory is not taxed again for this long unless the host is "
            "critical (per-guest hysteresis against take-from-A-give-to-B churn).",
            minimum=0.0, maximum=3600.0),
-    Option("min_change", Kind.SIZE, 16 * MiB,
+    Option("min_change", Kind.SIZE, 8 * MiB,
            "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),
 )
+
+BUDGET_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     reserve_percent: float
     reserve: int
+    horizon: float
     band_percent: float
     critical_percent: float
-    gain: float
     medium_reclaim_percent: float
     critical_reclaim_percent: float
-    release_gain: float
     release_max_percent: float
-    release_extra_percent: float
+    guest_keep_free: int
     guest_keep_percent: float
     guest_keep: int
     pressure_grant: int
+    pressure_budget_percent: float
     free_page_reporting: bool
     inflate_hold: float
     min_change: int
@@ -118,28 +138,75 @@ class Settings:
         return cls(**{f.name: options[f.name] for f in fields(cls)})
 
 
+@dataclass(slots=True)
+class GuestView:
+    """One guest as this round sees it; sizes in bytes."""
+
+    state: GuestState
+    size: int
+    """Where the guest is heading: the last target, else its actual size."""
+    free: int | None
+    """Free memory once the balloon on its way arrives; None without statistics."""
+    cache: int
+    frees_on_way: int
+    """Host memory the inflation on its way will still free (its part beyond free)."""
+    granted_on_way: int
+    """A deflation on its way: memory the guest may still take."""
+
+    @property
+    def exposure(self) -> int:
+        return (self.free or 0) + self.granted_on_way
+
+
+@dataclass(slots=True)
+class Plan:
+    """Moves decided so far this round, with their reasons."""
+
+    views: dict[GuestId, GuestView]
+    now: float
+    moves: dict[GuestId, int] = field(default_factory=dict)
+    reasons: dict[GuestId, list[str]] = field(default_factory=dict)
+
+    def target(self, gid: GuestId) -> int:
+        return self.moves.get(gid, self.views[gid].size)
+
+    def move(self, gid: GuestId, target: int, reason: str) -> None:
+        self.moves[gid] = target
+        self.reasons.setdefault(gid, []).append(reason)
+
+
 @dataclass(frozen=True, slots=True)
 class HostView:
-    """The host as this round sees it; sizes in bytes."""
-
     total: int
-    projected: float
-    """MemAvailable once the balloons already moving arrive."""
-    low: float
-    high: float
+    available: float
+    """MemAvailable now (NaN when unknown)."""
+    reserve: float
+    fall: float
+    """Expected fall within the horizon at the current rate."""
+    on_way: float
+    """Host memory the balloons on their way will still free."""
     critical: bool
 
     @property
-    def setpoint(self) -> float:
-        return (self.low + self.high) / 2
+    def headroom(self) -> float:
+        return self.available + self.on_way - self.reserve - self.fall
+
+    def figures(self) -> str:
+        text = f"available {mib(self.available)}"
+        if self.on_way:
+            text += f" + {mib(self.on_way)} on its way"
+        if self.fall:
+            text += f" - {mib(self.fall)} expected fall"
+        return text + f", reserve {mib(self.reserve)}"
 
 
 class AutoBalloonPolicy(Policy):
-    """Headroom control with an idle-memory tax and pressure-first deflation."""
+    """Headroom against exposure; pressure first; caches taxed; decisive give-back."""
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.s = settings
+        self._grants: dict[GuestId, list[tuple[float, int]]] = {}
 
     # -- round ---------------------------------------------------------------------
 
@@ -147,192 +214,262 @@ class AutoBalloonPolicy(Policy):
         guests = snapshot.managed()
         if not guests:
             return []
-        host = self._host_view(snapshot, guests)
+        plan = Plan({g.id: self._view(g) for g in guests}, snapshot.time)
+        host = self._host_view(snapshot, plan)
+        if host is None:
+            self._event_only(snapshot, trigger, plan)
+            return self._decisions(plan)
         level = max(snapshot.host.level, trigger.level if trigger.kind is
                     TriggerKind.HOST_PRESSURE else PressureLevel.NONE)
         critical = host.critical or level >= PressureLevel.CRITICAL
-        moves: dict[GuestId, int] = {}
-        reasons: dict[GuestId, str] = {}
-        granted = self._grant(guests, critical, moves, reasons)
-        deficit = self._deficit(host, trigger, granted)
-        if deficit > 0:
-            self._reclaim(snapshot, guests, host, deficit, critical, moves, reasons)
-        elif (trigger.kind is TriggerKind.TICK and level is PressureLevel.NONE
-              and not granted and host.projected > host.high):
-            self._release(guests, host, moves, reasons)
-        return self._decisions(guests, moves, reasons)
-
-    def _host_view(self, snapshot: Snapshot, guests: list[GuestState]) -> HostView:
-        pending = sum(g.actual_bytes - current_target(g) for g in guests)
-        figures = host_figures(snapshot)
-        if figures is None:
-            # No host figures: scale by the guests' memory, act on events only.
-            total = sum(g.max_bytes for g in guests)
-            return HostView(total, float("nan"), 0.0, float(total), False)
-        total, available = figures
-        projected = available + pending
-        low = max(float(self.s.reserve), self.s.reserve_percent * total)
-        high = low + self.s.band_percent * total
-        return HostView(total, projected, low, high,
-                        projected < self.s.critical_percent * total)
-
-    # -- guests under pressure: deflate first -----------------------------------------
-
-    def _fair_share(self, guests: list[GuestState]) -> dict[GuestId, float]:
-        """Each guest's share of the memory guests hold now: floor + pool by weight x size."""
-        pool = sum(max(0, current_target(g) - g.floor) for g in guests)
-        stake = {g.id: max(g.weight, 0.0) * max(0, g.max_bytes - g.floor) for g in guests}
-        stakes = sum(stake.values()) or 1.0
-        return {g.id: g.floor + pool * stake[g.id] / stakes for g in guests}
-
-    def _grant(self, guests: list[GuestState], critical: bool, moves: dict[GuestId, int],
-               reasons: dict[GuestId, str]) -> int:
-        """Deflate guests under pressure; capped at their fair share while the host is critical."""
-        fair = self._fair_share(guests) if critical else {}
-        total = 0
-        for guest in guests:
-            if not under_pressure(guest):
-                continue
-            size = current_target(guest)
-            wanted = guest.pressure_wanted or self.s.pressure_grant
-            idle = guest_idle(guest)
-            if idle is not None:
-                wanted = max(wanted, self._keep(guest, size) - idle)
-            target = min(guest.max_bytes, size + wanted)
-            why = f"guest under {guest.pressure.name} pressure asks {mib(wanted)}"
-            if critical and target > fair[guest.id]:
-                target = max(size, int(fair[guest.id]))
-                why += f"; host critical: capped at fair share {mib(fair[guest.id])}"
-            if target > size:
-                moves[guest.id] = target
-                reasons[guest.id] = f"autoballoon: {why}: deflate to {mib(target)}"
-                total += target - size
-        return total
-
-    # -- how much -----------------------------------------------------------------
-
-    def _deficit(self, host: HostView, trigger: Trigger, granted: int) -> float:
-        deficit = 0.0
-        projected = host.projected - granted
-        if projected == projected and projected < host.low:  # not NaN, below the band
-            deficit = self.s.gain * (host.setpoint - projected)
+        exposure = sum(v.exposure for v in plan.views.values())
+        spare = host.headroom - exposure
+        asks = self._asks(snapshot, plan)
+        cut = 0.0
+        if spare < sum(asks.values()):
+            cut = self._cut_exposure(snapshot, plan, host, sum(asks.values()) - spare, critical)
+            spare += cut
+        granted = self._grant(plan, host, asks, max(0.0, spare))
+        spare -= granted
+        deficit = max(0.0, -host.headroom) + sum(asks.values()) - granted
+        if not self.s.free_page_reporting:
+            deficit = max(0.0, deficit - cut)  # free pages once touched are resident
         if trigger.kind is TriggerKind.HOST_PRESSURE:
             share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
                      PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
             deficit = max(deficit, share * host.total)
-        return deficit
+        if deficit > 0:
+            left = self._reclaim_cache(snapshot, plan, host, deficit, critical)
+            if critical and left > 0:
+                self._squeeze(snapshot, plan, left)
+        elif spare > self.s.band_percent * host.total and not asks:
+            self._give_back(plan, host, spare - self.s.band_percent * host.total / 2)
+        return self._decisions(plan)
 
-    def _keep(self, guest: GuestState, size: int) -> int:
+    # -- what the round sees ------------------------------------------------------------
+
+    def _view(self, guest: GuestState) -> GuestView:
+        size = current_target(guest)
+        on_way = guest.actual_bytes - size
+        free = guest_free_now(guest)
+        cache = max(0, (guest.stats.caches or 0) if guest.stats is not None else 0)
+        frees = 0
+        if on_way > 0:
+            if free is not None:
+                eaten = min(free, on_way)
+                free -= eaten
+                frees = on_way - eaten if self.s.free_page_reporting else on_way
+                cache = max(0, cache - frees)
+            else:
+                frees = 0 if self.s.free_page_reporting else on_way
+        return GuestView(guest, size, free, cache, frees, max(0, -on_way))
+
+    def _host_view(self, snapshot: Snapshot, plan: Plan) -> HostView | None:
+        figures = host_figures(snapshot)
+        if figures is None:
+            return None
+        total, available = figures
+        reserve = max(float(self.s.reserve), self.s.reserve_percent * total)
+        rate = max(0.0, float(snapshot.host.readings.get(FALL_RATE_READING, 0.0)))
+        on_way = float(sum(v.frees_on_way for v in plan.views.values()))
+        return HostView(total, float(available), reserve, rate * self.s.horizon, on_way,
+                        available < self.s.critical_percent * total)
+
+    def _keep(self, size: int) -> int:
         return max(self.s.guest_keep, int(self.s.guest_keep_percent * size))
 
-    # -- from whom ------------------------------------------------------------------
-
-    def _reclaim(self, snapshot: Snapshot, guests: list[GuestState], host: HostView,
-                 deficit: float, critical: bool, moves: dict[GuestId, int],
-                 reasons: dict[GuestId, str]) -> None:
-        candidates = [g for g in guests if g.id not in moves and not under_pressure(g)
-                      and snapshot.time >= g.stalled_until and g.weight > 0]
-        weight = {g.id: g.weight for g in candidates}
-        held = {g.id for g in candidates if self._recently_given(g, snapshot.time)}
-        idle_cap: dict[GuestId, float] = {}
-        cache_cap: dict[GuestId, float] = {}
-        for guest in candidates:
-            size = current_target(guest)
-            idle = guest_idle(guest)
-            if idle is None or guest.id in held:
-                continue
-            pending = max(0, guest.actual_bytes - size)
-            idle = max(0, idle - pending)
-            free = max(0, (guest_free(guest) or 0) - pending)
-            keep = self._keep(guest, size)
-            cap = min(max(0, idle - keep), max(0, size - guest.floor))
-            idle_cap[guest.id] = cap
-            # Under free page reporting only the caches part frees host memory now.
-            cache_cap[guest.id] = min(cap, max(0, idle - max(free, keep)))
-        yield_share = 1.0
-        if self.s.free_page_reporting:
-            idle_total = sum(idle_cap.values())
-            yield_share = sum(cache_cap.values()) / idle_total if idle_total else 0.0
-        # Nothing to gain now when only free memory is left (it is not resident).
-        wanted = deficit / yield_share if yield_share > 0 else 0.0
-        taken = water_fill(idle_cap, weight, wanted)
-        why = (f"host available {mib(host.projected)} below {mib(host.low)}"
-               if host.projected == host.projected else "host pressure event")
-        for gid, amount in taken.items():
-            self._take(gid, amount, moves, reasons, snapshot,
-                       f"autoballoon: {why}: idle-memory tax {mib(amount)}")
-        remaining = deficit - sum(taken.values()) * yield_share
-        if critical and remaining > 0:
-            fair = self._fair_share(guests)
-            squeeze_cap = {
-                g.id: max(0.0, moves.get(g.id, current_target(g)) - max(fair[g.id], g.floor))
-                for g in candidates
-            }
-            squeezed = water_fill(squeeze_cap, weight, remaining)
-            for gid, amount in squeezed.items():
-                self._take(gid, amount, moves, reasons, snapshot,
-                           f"autoballoon: host critical, idle memory not enough: squeeze "
-                           f"{mib(amount)} towards fair share {mib(fair[gid])}")
+    def _taxable(self, snapshot: Snapshot, plan: Plan, critical: bool) -> list[GuestView]:
+        """Guests that may be inflated this round."""
+        return [v for v in plan.views.values()
+                if not under_pressure(v.state) and snapshot.time >= v.state.stalled_until
+                and v.state.weight > 0 and v.state.id not in plan.moves
+                and (critical or not self._recently_given(v.state, snapshot.time))]
 
     def _recently_given(self, guest: GuestState, now: float) -> bool:
         return (guest.last_action in ("deflate", "adopted") and guest.last_action_time is not None
                 and now - guest.last_action_time < self.s.inflate_hold)
 
-    @staticmethod
-    def _take(gid: GuestId, amount: float, moves: dict[GuestId, int],
-              reasons: dict[GuestId, str], snapshot: Snapshot, reason: str) -> None:
-        start = moves.get(gid, current_target(snapshot.guests[gid]))
-        moves[gid] = int(start - amount)
-        reasons[gid] = reason if gid not in reasons else reasons[gid] + "; " + reason
+    # -- 1. pressure first ----------------------------------------------------------------
 
-    # -- give back --------------------------------------------------------------------
+    def _asks(self, snapshot: Snapshot, plan: Plan) -> dict[GuestId, int]:
+        """What each guest under pressure asks, within its budget and its maximum."""
+        asks: dict[GuestId, int] = {}
+        for view in plan.views.values():
+            guest = view.state
+            if not under_pressure(guest):
+                continue
+            asked = guest.pressure_wanted or self.s.pressure_grant
+            amount = int(min(asked, self._budget_left(guest, snapshot.time),
+                             guest.max_bytes - view.size))
+            if amount > 0:
+                asks[guest.id] = amount
+        return asks
 
-    def _release(self, guests: list[GuestState], host: HostView, moves: dict[GuestId, int],
-                 reasons: dict[GuestId, str]) -> None:
-        surplus = host.projected - host.setpoint
-        budget = min(self.s.release_gain * surplus, self.s.release_max_percent * host.total)
+    def _grant(self, plan: Plan, host: HostView, asks: Mapping[GuestId, int],
+               room: float) -> int:
+        """Deflate guests under pressure, never beyond the spare headroom ``room``.
+
+        The most pressed first; what cannot be paid now is reclaimed this round and
+        granted when the guest asks again.
+        """
+        total = 0
+        for gid in sorted(asks, key=lambda g: -plan.views[g].state.pressure):
+            view = plan.views[gid]
+            guest = view.state
+            asked = asks[gid]
+            amount = int(min(asked, room))
+            why = (f"guest under {guest.pressure.name} pressure asks {mib(asked)}; host "
+                   f"{host.figures()}")
+            if amount < asked:
+                why += f": {mib(amount)} can be paid now, the rest is reclaimed"
+            if amount <= 0:
+                continue
+            plan.move(gid, view.size + amount, f"autoballoon: {why}")
+            self._grants.setdefault(gid, []).append((plan.now, amount))
+            room -= amount
+            total += amount
+        return total
+
+    def _budget_left(self, guest: GuestState, now: float) -> float:
+        recent = [(t, a) for t, a in self._grants.get(guest.id, []) if now - t < BUDGET_WINDOW]
+        self._grants[guest.id] = recent
+        return max(0.0, self.s.pressure_budget_percent * guest.max_bytes
+                   - sum(a for _t, a in recent))
+
+    # -- 2. exposure ----------------------------------------------------------------------
+
+    def _cut_exposure(self, snapshot: Snapshot, plan: Plan, host: HostView, excess: float,
+                      critical: bool) -> float:
+        """Balloon guests' free memory above what they keep; return how much."""
+        caps = {v.state.id: float(max(0, min((v.free or 0) - self.s.guest_keep_free,
+                                             v.size - v.state.floor)))
+                for v in self._taxable(snapshot, plan, critical) if v.free is not None}
+        weight = {gid: plan.views[gid].state.weight for gid in caps}
+        taken = water_fill(caps, weight, excess)
+        for gid, amount in taken.items():
+            view = plan.views[gid]
+            plan.move(gid, int(plan.target(gid) - amount),
+                      f"autoballoon: guests may take {mib(excess)} more than the host can "
+                      f"pay ({host.figures()}): cap free memory, {mib(amount)} of "
+                      f"{mib(view.free or 0)} free")
+        return sum(taken.values())
+
+    # -- 3. deficit from caches --------------------------------------------------------------
+
+    def _reclaim_cache(self, snapshot: Snapshot, plan: Plan, host: HostView, deficit: float,
+                       critical: bool) -> float:
+        """Reclaim ``deficit`` from page caches; return what could not be placed."""
+        candidates = [v for v in plan.views.values()
+                      if not under_pressure(v.state) and snapshot.time >= v.state.stalled_until
+                      and v.state.weight > 0 and v.free is not None
+                      and (critical or not self._recently_given(v.state, snapshot.time))]
+        caps: dict[GuestId, float] = {}
+        eat: dict[GuestId, float] = {}
+        for view in candidates:
+            gid = view.state.id
+            already = view.size - plan.target(gid)  # taken from free this round
+            free_left = max(0, (view.free or 0) - already)
+            keep = self._keep(view.size)
+            idle = free_left + view.cache
+            if self.s.free_page_reporting:
+                # the balloon eats free memory first; only what follows frees host memory
+                eat[gid] = max(0.0, free_left - self.s.guest_keep_free)
+                cap = min(view.cache, idle - keep)
+            else:
+                eat[gid] = 0.0
+                cap = idle - keep
+            room = plan.target(gid) - view.state.floor - eat[gid]
+            caps[gid] = float(max(0.0, min(cap, room)))
+        weight = {gid: plan.views[gid].state.weight for gid in caps}
+        taken = water_fill(caps, weight, deficit)
+        for gid, amount in taken.items():
+            view = plan.views[gid]
+            plan.move(gid, int(plan.target(gid) - eat[gid] - amount),
+                      f"autoballoon: host short by {mib(deficit)} ({host.figures()}): "
+                      f"take {mib(amount)} of {mib(view.cache)} page cache")
+        return deficit - sum(taken.values())
+
+    # -- 4. critical squeeze --------------------------------------------------------------
+
+    def _squeeze(self, snapshot: Snapshot, plan: Plan, remaining: float) -> None:
+        views = list(plan.views.values())
+        pool = sum(max(0, v.size - v.state.floor) for v in views)
+        stake = {v.state.id: max(v.state.weight, 0.0) * max(0, v.state.max_bytes - v.state.floor)
+                 for v in views}
+        stakes = sum(stake.values()) or 1.0
+        fair = {v.state.id: v.state.floor + pool * stake[v.state.id] / stakes for v in views}
+        caps = {v.state.id: max(0.0, plan.target(v.state.id) - max(fair[v.state.id],
+                                                                   v.state.floor))
+                for v in views if not under_pressure(v.state)
+                and snapshot.time >= v.state.stalled_until and v.state.weight > 0}
+        weight = {gid: plan.views[gid].state.weight for gid in caps}
+        for gid, amount in water_fill(caps, weight, remaining).items():
+            plan.move(gid, int(plan.target(gid) - amount),
+                      f"autoballoon: host critical and page caches exhausted: squeeze "
+                      f"{mib(amount)} towards fair share {mib(fair[gid])}")
+
+    # -- 5. give back -----------------------------------------------------------------------
+
+    def _give_back(self, plan: Plan, host: HostView, surplus: float) -> None:
+        budget = min(surplus, self.s.release_max_percent * host.total)
         if budget <= 0:
             return
-        room = {g.id: float(g.max_bytes - current_target(g)) for g in guests
-                if g.max_bytes > current_target(g)}
-        weight = {g.id: max(g.weight, 1e-6) for g in guests}
-        # Guests short of idle memory first, by what they lack.
+        views = list(plan.views.values())
+        room = {v.state.id: float(v.state.max_bytes - plan.target(v.state.id)) for v in views
+                if v.state.max_bytes > plan.target(v.state.id)}
+        weight = {gid: 1.0 / max(plan.views[gid].state.weight, 1e-6) for gid in room}
         need: dict[GuestId, float] = {}
-        for guest in guests:
-            idle = guest_idle(guest)
-            if guest.id in room and idle is not None:
-                lack = 2 * self._keep(guest, current_target(guest)) - idle
+        for view in views:
+            gid = view.state.id
+            if gid in room and view.free is not None:
+                lack = 2 * self._keep(view.size) - (view.free + view.cache)
                 if lack > 0:
-                    need[guest.id] = min(room[guest.id], float(lack))
-        given = water_fill(need, {k: 1.0 / weight[k] for k in need}, budget)
-        left = budget - sum(given.values())
-        if host.projected - sum(given.values()) < host.high + self.s.release_extra_percent * (
-                host.total):
-            left = 0.0
-        rest_room = {k: room[k] - given.get(k, 0.0) for k in room}
-        extra = water_fill(rest_room, {k: 1.0 / weight[k] for k in rest_room}, left)
-        by_id = {g.id: g for g in guests}
+                    need[gid] = min(room[gid], float(lack))
+        given = water_fill(need, {k: weight[k] for k in need}, budget)
+        rest = {k: room[k] - given.get(k, 0.0) for k in room}
+        extra = water_fill(rest, weight, budget - sum(given.values()))
         for gid in set(given) | set(extra):
             amount = given.get(gid, 0.0) + extra.get(gid, 0.0)
-            moves[gid] = int(current_target(by_id[gid]) + amount)
-            reasons[gid] = (f"autoballoon: host available {mib(host.projected)} above "
-                            f"{mib(host.high)}: give back {mib(amount)}")
+            plan.move(gid, int(plan.target(gid) + amount),
+                      f"autoballoon: host can pay {mib(surplus)} more than guests may take "
+                      f"({host.figures()}): give back {mib(amount)}")
 
-    # -- out ----------------------------------------------------------------------------
+    # -- no host figures ------------------------------------------------------------------
 
-    def _decisions(self, guests: list[GuestState], moves: Mapping[GuestId, int],
-                   reasons: Mapping[GuestId, str]) -> list[Decision]:
+    def _event_only(self, snapshot: Snapshot, trigger: Trigger, plan: Plan) -> None:
+        """Without host figures: grant asks, and reclaim caches on MEDIUM/CRITICAL events."""
+        total = sum(v.state.max_bytes for v in plan.views.values())
+        for view in plan.views.values():
+            guest = view.state
+            if under_pressure(guest):
+                asked = guest.pressure_wanted or self.s.pressure_grant
+                plan.move(guest.id, min(guest.max_bytes, view.size + asked),
+                          f"autoballoon: guest under {guest.pressure.name} pressure asks "
+                          f"{mib(asked)} (no host figures)")
+        if trigger.kind is not TriggerKind.HOST_PRESSURE:
+            return
+        share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
+                 PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
+        if share:
+            host = HostView(total, float("nan"), 0.0, 0.0, 0.0, False)
+            self._reclaim_cache(snapshot, plan, host, share * total,
+                                trigger.level >= PressureLevel.CRITICAL)
+
+    # -- out ------------------------------------------------------------------------------
+
+    def _decisions(self, plan: Plan) -> list[Decision]:
         decisions = []
-        for guest in guests:
-            if guest.id not in moves:
+        for gid, wanted in plan.moves.items():
+            view = plan.views[gid]
+            guest = view.state
+            target = min(guest.max_bytes, max(guest.floor, wanted))
+            urgent = under_pressure(guest) and target > view.size
+            if abs(target - view.size) < self.s.min_change and not urgent:
                 continue
-            size = current_target(guest)
-            target = min(guest.max_bytes, max(guest.floor, moves[guest.id]))
-            urgent = under_pressure(guest)
-            if abs(target - size) < self.s.min_change and not (urgent and target > size):
+            if target == view.size:
                 continue
-            decisions.append(Decision(guest.id, target, reasons[guest.id]))
-        return decisions
+            decisions.append(Decision(gid, target, "; ".join(plan.reasons[gid])))
+        return sorted(decisions, key=lambda d: d.guest)
 
 
 def make_policy(context: PluginContext) -> Policy:
@@ -343,5 +480,5 @@ def make_policy(context: PluginContext) -> Policy:
 def autoballoon_register_policies(register: Callable[[PolicySpec], None]) -> None:
     register(PolicySpec(
         "autoballoon", make_policy, OPTIONS,
-        "Keeps host MemAvailable in a band above a reserve; taxes idle guest memory "
-        "first; deflates guests under pressure first; gives memory back gradually."))
+        "Keeps guests' free memory within what the host can pay; deflates guests under "
+        "pressure first, within the headroom; reclaims page caches; gives back at once."))

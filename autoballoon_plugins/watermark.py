@@ -16,6 +16,7 @@ it returns to NONE it emits one NONE event and then stays quiet.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from autoballoon_core.interfaces import (
     SourceSpec,
     SourceUnavailable,
 )
-from autoballoon_core.model import PressureEvent, PressureLevel
+from autoballoon_core.model import FALL_RATE_READING, PressureEvent, PressureLevel
 from autoballoon_core.options import Kind, Option, OptionError, parse_size
 from autoballoon_plugins._kernel_options import CheckedOption
 
@@ -82,7 +83,7 @@ def _amount_option(name: str, default: str, help_text: str) -> Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("period", Kind.DURATION, 2.0,
+    Option("period", Kind.DURATION, 1.0,
            "How often available memory is read. Keep it below the engine's "
            "host_pressure_hold, or the level lapses between readings.",
            minimum=0.1, maximum=60.0),
@@ -92,6 +93,14 @@ OPTIONS: tuple[Option, ...] = (
     _amount_option("hysteresis", "2%",
                    "A level is left only when available memory is this much above its "
                    "threshold."),
+    Option("trend_window", Kind.DURATION, 2.0,
+           "Window over which the rate of fall of available memory is measured (the "
+           "trend, published as the memory.fall_rate_bytes reading).",
+           minimum=0.1, maximum=600.0),
+    Option("horizon", Kind.DURATION, 2.0,
+           "The level is that of the memory available this many seconds ahead at the "
+           "current rate of fall (0: the level of what is available now).",
+           minimum=0.0, maximum=600.0),
     Option("cgroup", Kind.STR, "",
            "Watch this memory cgroup (v1 limit/usage or v2 memory.max/current) instead of "
            "the whole host; empty: /proc/meminfo."),
@@ -159,8 +168,11 @@ class WatermarkSource(PressureSource):
 
     def __init__(self, name: str, thresholds: Thresholds, period: float, cgroup: str,
                  reader: HostMemoryReader | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 trend_window: float = 2.0, horizon: float = 0.0) -> None:
         self.name = name
+        self.trend = FallRate(trend_window)
+        self.horizon = horizon
         self.thresholds = thresholds
         self.period = period
         self.cgroup = Path(cgroup) if cgroup else None
@@ -218,7 +230,9 @@ class WatermarkSource(PressureSource):
         self.last = memory
         self.samples += 1
         previous = self.level
-        self.level = next_level(previous, memory.available, memory.total, self.thresholds)
+        self.trend.add(now, memory.available)
+        outlook = max(0, int(memory.available - self.trend.rate() * self.horizon))
+        self.level = next_level(previous, outlook, memory.total, self.thresholds)
         if self.level != previous:
             log.info("%s: %s → %s (%.1f%% available)", self.name, previous.name,
                      self.level.name, _percent(memory))
@@ -237,6 +251,7 @@ class WatermarkSource(PressureSource):
             f"{prefix}.available_bytes": float(memory.available),
             f"{prefix}.total_bytes": float(memory.total),
             "watermark.level": float(self.level),
+            FALL_RATE_READING: self.trend.rate(),
         }
 
     def describe(self) -> Mapping[str, object]:
@@ -259,6 +274,27 @@ class WatermarkSource(PressureSource):
         }
 
 
+class FallRate:
+    """How fast a figure falls: bytes per second over a sliding window (0 when rising)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
+
+    def add(self, now: float, value: int) -> None:
+        self._samples.append((now, value))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, v0), (t1, v1) = self._samples[0], self._samples[-1]
+        if t1 - t0 <= 0:
+            return 0.0
+        return max(0.0, (v0 - v1) / (t1 - t0))
+
+
 def _percent(memory: HostMemory) -> float:
     if memory.total <= 0 or memory.total >= UNLIMITED:
         return 0.0
@@ -273,7 +309,8 @@ def _factory(context: PluginContext) -> WatermarkSource:
         critical=parse_amount(options["critical"]),
         hysteresis=parse_amount(options["hysteresis"]),
     )
-    return WatermarkSource(context.name, thresholds, options["period"], options["cgroup"])
+    return WatermarkSource(context.name, thresholds, options["period"], options["cgroup"],
+                           trend_window=options["trend_window"], horizon=options["horizon"])
 
 
 SPEC = SourceSpec(

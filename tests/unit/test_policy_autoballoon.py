@@ -1,12 +1,23 @@
-"""The autoballoon policy: how much, from whom, pressure first, give-back."""
+"""The autoballoon policy: headroom against exposure, pressure first, caches, give-back."""
 
 from __future__ import annotations
 
 from test_policy_support import guest, make_policy, snapshot
 
-from autoballoon_core.model import GiB, MiB, PressureLevel, Trigger, TriggerKind
+from autoballoon_core.model import (
+    FALL_RATE_READING,
+    GiB,
+    HostState,
+    MiB,
+    PressureLevel,
+    Snapshot,
+    Trigger,
+    TriggerKind,
+)
 
 TOTAL = 100 * GiB
+RESERVE = 5 * GiB  # reserve_percent 0.05 of TOTAL
+BAND = 5 * GiB  # band_percent 0.05 of TOTAL
 
 
 def tick(t: float = 0.0) -> Trigger:
@@ -17,122 +28,179 @@ def host_event(level: PressureLevel) -> Trigger:
     return Trigger(TriggerKind.HOST_PRESSURE, level, 0.0)
 
 
+def guest_event() -> Trigger:
+    return Trigger(TriggerKind.GUEST_PRESSURE, PressureLevel.MEDIUM, 0.0)
+
+
 def targets(decisions: list) -> dict[str, int]:  # type: ignore[type-arg]
     return {d.guest: d.target for d in decisions}
 
 
-def test_inside_the_band_nothing_happens() -> None:
+def with_fall(snap: Snapshot, rate: float) -> Snapshot:
+    host = snap.host
+    return Snapshot(snap.time, HostState(host.level, host.level_since, host.mem_total,
+                                         host.mem_available, {FALL_RATE_READING: rate}),
+                    snap.guests)
+
+
+def test_nothing_happens_while_the_host_can_pay_every_promise() -> None:
     policy = make_policy("autoballoon")
     guests = [guest("a", 8 * GiB, 6 * GiB, free=GiB, caches=2 * GiB)]
-    for available in (10 * GiB + MiB, 12 * GiB, 15 * GiB - MiB):
+    # headroom (available - reserve) covers the 1 GiB exposure, within the band
+    for available in (6 * GiB + MiB, 8 * GiB, 11 * GiB - MiB):
         assert policy.decide(snapshot(guests, total=TOTAL, available=available), tick()) == []
 
 
-def test_reclaims_the_deficit_to_the_band_middle_from_idle_memory() -> None:
-    policy = make_policy("autoballoon", free_page_reporting=False)
-    guests = [guest("a", 8 * GiB, 8 * GiB, free=GiB, caches=5 * GiB),
-              guest("b", 8 * GiB, 8 * GiB, free=GiB, caches=GiB),
-              guest("c", 8 * GiB, 8 * GiB, free=None)]
-    decisions = policy.decide(snapshot(guests, total=TOTAL, available=8 * GiB), tick())
-    moved = {gid: 8 * GiB - t for gid, t in targets(decisions).items()}
-    # deficit to the middle of [10%, 15%]: 12.5 - 8 = 4.5 GiB, all from idle memory
-    assert abs(sum(moved.values()) - 4.5 * GiB) < 4 * MiB
-    assert "t:c" not in moved  # no statistics: no idle memory known
-    assert moved["t:a"] > moved["t:b"]  # more idle memory, more tax
-    assert all("idle-memory tax" in d.reason for d in decisions)
+def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
+    policy = make_policy("autoballoon")
+    guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
+              guest("b", 16 * GiB, 16 * GiB, free=2 * GiB, caches=2 * GiB)]
+    # headroom 10 - 5 = 5 GiB, exposure 10 GiB: 5 GiB of free memory is ballooned
+    out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
+    cut = {gid: 16 * GiB - t for gid, t in out.items()}
+    assert abs(sum(cut.values()) - 5 * GiB) < 4 * MiB
+    assert cut["t:a"] > cut["t:b"]  # more free memory, more of it capped
+    assert all(c <= 8 * GiB - 32 * MiB for c in cut.values())  # each keeps some free
+    assert all("cap free memory" in d.reason for d in policy.decide(
+        snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
 
 
-def test_free_page_reporting_plans_on_what_frees_host_memory() -> None:
+def test_a_deficit_is_reclaimed_from_page_caches() -> None:
+    policy = make_policy("autoballoon")
+    a = guest("a", 16 * GiB, 16 * GiB, free=0, caches=6 * GiB)
+    b = guest("b", 16 * GiB, 16 * GiB, free=0, caches=2 * GiB)
+    c = guest("c", 16 * GiB, 16 * GiB, free=None)
+    # 2 GiB available, reserve 5 GiB: 3 GiB short, all from caches (no free memory)
+    decisions = policy.decide(snapshot([a, b, c], total=TOTAL, available=2 * GiB), tick())
+    taken = {gid: 16 * GiB - t for gid, t in targets(decisions).items()}
+    assert abs(sum(taken.values()) - 3 * GiB) < 4 * MiB
+    assert "t:c" not in taken  # no statistics: nothing known to take
+    assert taken["t:a"] > taken["t:b"]
+    assert all("page cache" in d.reason and "short by 3072 MiB" in d.reason for d in decisions)
+
+
+def test_with_free_page_reporting_the_balloon_eats_free_memory_before_cache() -> None:
     policy = make_policy("autoballoon", free_page_reporting=True)
-    guests = [guest("a", 16 * GiB, 16 * GiB, free=2 * GiB, caches=6 * GiB)]
-    [decision] = policy.decide(snapshot(guests, total=TOTAL, available=9 * GiB), tick())
-    # deficit 3.5 GiB; 6 of the 6.4 GiB taxable idle memory is cache: ask 3.5 / (6 / 6.4)
-    taken = 16 * GiB - decision.target
-    assert abs(taken - 3.5 * GiB * 6.4 / 6) < 4 * MiB
-    only_free = [guest("b", 8 * GiB, 8 * GiB, free=4 * GiB, caches=0)]
-    assert policy.decide(snapshot(only_free, total=TOTAL, available=9 * GiB), tick()) == []
+    a = guest("a", 16 * GiB, 16 * GiB, free=2 * GiB, caches=6 * GiB)
+    [decision] = policy.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
+    # 1 GiB short: free memory (2 GiB, less 32 MiB kept) goes first, then 1 GiB of cache
+    assert abs((16 * GiB - decision.target) - (2 * GiB - 32 * MiB + GiB)) < 4 * MiB
+    without = make_policy("autoballoon", free_page_reporting=False)
+    [plain] = without.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
+    # without FPR the free memory the guest touched once is resident: taking it frees it;
+    # the exposure cut (1 GiB of free beyond what the host can pay) and the deficit add up
+    assert plain.target > decision.target
 
 
 def test_balloons_on_their_way_count_as_done() -> None:
     policy = make_policy("autoballoon", free_page_reporting=False)
-    moving = [guest("a", 8 * GiB, 8 * GiB, target=3 * GiB, free=GiB, caches=3 * GiB)]
-    # 8 GiB available + 5 GiB still being inflated: above the band, no more reclaim
-    assert policy.decide(snapshot(moving, total=TOTAL, available=8 * GiB), tick()) == []
+    moving = [guest("a", 8 * GiB, 8 * GiB, target=3 * GiB, free=0, caches=3 * GiB)]
+    # 4 GiB available + 5 GiB still being inflated: no deficit, nothing more to take
+    out = targets(policy.decide(snapshot(moving, total=TOTAL, available=4 * GiB), tick()))
+    assert out.get("t:a", 3 * GiB) >= 3 * GiB
 
 
-def test_guest_under_pressure_is_deflated_first_and_never_inflated() -> None:
+def test_the_trend_brings_the_reclaim_forward() -> None:
     policy = make_policy("autoballoon")
-    hungry = guest("a", 8 * GiB, 4 * GiB, free=10 * MiB, caches=0,
-                   pressure=PressureLevel.MEDIUM, wanted=300 * MiB)
-    idle = guest("b", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB)
-    trigger = Trigger(TriggerKind.GUEST_PRESSURE, PressureLevel.MEDIUM, 0.0)
-    decisions = targets(policy.decide(snapshot([hungry, idle], total=TOTAL, available=9 * GiB),
-                                      trigger))
-    assert decisions["t:a"] > 4 * GiB + 300 * MiB - MiB
-    assert decisions["t:b"] < 8 * GiB  # the host pays for it from idle memory
-    # host critical, pressure: still never inflated
-    starving = guest("c", 8 * GiB, 8 * GiB, free=GiB, caches=GiB, pressure=PressureLevel.MEDIUM)
+    guests = [guest("a", 16 * GiB, 16 * GiB, free=0, caches=8 * GiB)]
+    calm = snapshot(guests, total=TOTAL, available=7 * GiB)
+    assert policy.decide(calm, tick()) == []
+    # falling at 1 GiB/s: in the 3 s horizon 3 GiB go, 1 GiB below the reserve
+    [decision] = policy.decide(with_fall(calm, float(GiB)), tick())
+    assert abs((16 * GiB - decision.target) - GiB) < 4 * MiB
+    assert "3072 MiB expected fall" in decision.reason
+
+
+def test_pressure_grants_never_exceed_what_the_host_can_pay() -> None:
+    policy = make_policy("autoballoon")
+    hungry = guest("a", 8 * GiB, 4 * GiB, free=0, caches=0, pressure=PressureLevel.MEDIUM,
+                   wanted=3 * GiB)
+    idle = guest("b", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)
+    # headroom 6 - 5 = 1 GiB, nobody else exposed: 1 GiB now, the rest reclaimed from b
+    out = targets(policy.decide(snapshot([hungry, idle], total=TOTAL, available=6 * GiB),
+                                guest_event()))
+    assert out["t:a"] == 5 * GiB
+    assert 8 * GiB - out["t:b"] >= 2 * GiB - 4 * MiB
+    # another guest's free memory, more than the host can pay, is capped first; the
+    # grant is what the host can then pay (1 GiB), not the 3 GiB that guest could take
+    exposed = guest("c", 8 * GiB, 8 * GiB, free=3 * GiB, caches=0)
+    policy = make_policy("autoballoon")
+    out = targets(policy.decide(snapshot([hungry, exposed], total=TOTAL, available=6 * GiB),
+                                guest_event()))
+    assert 8 * GiB - out["t:c"] == 3 * GiB - 32 * MiB
+    assert 4 * GiB < out["t:a"] <= 5 * GiB
+
+
+def test_a_guest_under_pressure_is_never_inflated() -> None:
+    policy = make_policy("autoballoon")
+    starving = guest("c", 8 * GiB, 8 * GiB, free=3 * GiB, caches=GiB,
+                     pressure=PressureLevel.MEDIUM)
     out = targets(policy.decide(snapshot([starving], total=TOTAL, available=GiB),
                                 host_event(PressureLevel.CRITICAL)))
     assert out.get("t:c", 8 * GiB) >= 8 * GiB
 
 
-def test_critical_host_caps_pressure_grants_at_the_fair_share() -> None:
-    policy = make_policy("autoballoon")
-    big = guest("big", 16 * GiB, 12 * GiB, free=0, caches=0, pressure=PressureLevel.MEDIUM,
-                wanted=4 * GiB)
-    small = guest("small", 16 * GiB, 2 * GiB, free=0, caches=0, pressure=PressureLevel.MEDIUM,
-                  wanted=4 * GiB)
-    out = targets(policy.decide(snapshot([big, small], total=TOTAL, available=GiB), tick()))
-    assert "t:big" not in out  # above its fair share (7 GiB): nothing more
-    assert out["t:small"] == 6 * GiB  # below it: what it asked, capped at the share (7 GiB)
+def test_a_guests_grants_are_bounded_per_minute() -> None:
+    policy = make_policy("autoballoon", pressure_budget_percent=0.5)
+    hungry = guest("a", 8 * GiB, 2 * GiB, free=0, caches=0, pressure=PressureLevel.CRITICAL,
+                   wanted=3 * GiB)
+    first = targets(policy.decide(snapshot([hungry], total=TOTAL, available=50 * GiB,
+                                           time=0.0), guest_event()))
+    assert first["t:a"] == 5 * GiB
+    hungry.target_bytes = hungry.actual_bytes = 5 * GiB
+    second = targets(policy.decide(snapshot([hungry], total=TOTAL, available=50 * GiB,
+                                            time=10.0), guest_event()))
+    assert second["t:a"] == 6 * GiB  # 4 GiB per minute in all
+    third = targets(policy.decide(snapshot([hungry], total=TOTAL, available=50 * GiB,
+                                           time=61.0), guest_event()))
+    assert third["t:a"] > 6 * GiB
 
 
-def test_critical_host_squeezes_towards_fair_share_when_idle_is_not_enough() -> None:
+def test_critical_host_squeezes_towards_fair_share_when_caches_are_not_enough() -> None:
     policy = make_policy("autoballoon")
     big = guest("big", 32 * GiB, 30 * GiB, free=0, caches=0)
     small = guest("small", 32 * GiB, 4 * GiB, free=0, caches=0)
-    out = targets(policy.decide(snapshot([big, small], total=TOTAL, available=2 * GiB),
+    out = targets(policy.decide(snapshot([big, small], total=TOTAL, available=GiB),
                                 host_event(PressureLevel.CRITICAL)))
     assert out["t:big"] < 30 * GiB
     assert "t:small" not in out  # below its fair share: left alone
 
 
 def test_stalled_guests_are_not_asked() -> None:
-    policy = make_policy("autoballoon", free_page_reporting=False)
-    stuck = guest("a", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB, stalled_until=100.0)
-    assert policy.decide(snapshot([stuck], total=TOTAL, available=5 * GiB, time=50.0),
+    policy = make_policy("autoballoon")
+    stuck = guest("a", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB, stalled_until=100.0)
+    assert policy.decide(snapshot([stuck], total=TOTAL, available=2 * GiB, time=50.0),
                          tick(50.0)) == []
-    assert policy.decide(snapshot([stuck], total=TOTAL, available=5 * GiB, time=150.0),
+    assert policy.decide(snapshot([stuck], total=TOTAL, available=2 * GiB, time=150.0),
                          tick(150.0)) != []
 
 
 def test_medium_host_event_reclaims_even_when_memavailable_looks_fine() -> None:
-    policy = make_policy("autoballoon", free_page_reporting=False)
-    guests = [guest("a", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB)]
+    policy = make_policy("autoballoon")
+    guests = [guest("a", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)]
     snap = snapshot(guests, total=TOTAL, available=12 * GiB, level=PressureLevel.MEDIUM)
     [decision] = policy.decide(snap, host_event(PressureLevel.MEDIUM))
     assert 8 * GiB - decision.target >= int(0.01 * TOTAL) - MiB
     assert policy.decide(snap, host_event(PressureLevel.LOW)) == []
 
 
-def test_gives_back_gradually_and_to_the_needy_first() -> None:
+def test_gives_back_decisively_and_to_the_needy_first() -> None:
     policy = make_policy("autoballoon")
     needy = guest("needy", 8 * GiB, 2 * GiB, free=50 * MiB, caches=0)
     comfy = guest("comfy", 8 * GiB, 2 * GiB, free=GiB, caches=0)
-    out = targets(policy.decide(snapshot([needy, comfy], total=TOTAL, available=40 * GiB),
-                                tick()))
+    decisions = policy.decide(snapshot([needy, comfy], total=TOTAL, available=40 * GiB), tick())
+    out = targets(decisions)
     given = sum(t - 2 * GiB for t in out.values())
-    assert 0 < given <= 0.02 * TOTAL + MiB  # at most release_max_percent per round
-    assert out["t:needy"] - 2 * GiB >= out.get("t:comfy", 2 * GiB) - 2 * GiB
-    # no give-back while the host reports pressure, nor on event rounds
-    calm_but_event = snapshot([needy, comfy], total=TOTAL, available=40 * GiB,
-                              level=PressureLevel.LOW)
-    assert policy.decide(calm_but_event, tick()) == []
+    # surplus: 40 - 5 reserve - 1.05 GiB exposed - 2.5 half band; all of it, up to both maxima
+    assert given == 12 * GiB
+    assert "give back" in decisions[0].reason and "available 40960 MiB" in decisions[0].reason
+    small = targets(policy.decide(snapshot([needy, comfy], total=TOTAL, available=14 * GiB),
+                                  tick()))
+    assert small["t:needy"] - 2 * GiB > small.get("t:comfy", 2 * GiB) - 2 * GiB
 
 
 def test_without_host_figures_only_events_act() -> None:
-    policy = make_policy("autoballoon", free_page_reporting=False)
+    policy = make_policy("autoballoon")
     guests = [guest("a", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB)]
     snap = snapshot(guests, total=None, available=None)
     assert policy.decide(snap, tick()) == []
@@ -140,13 +208,13 @@ def test_without_host_figures_only_events_act() -> None:
 
 
 def test_a_guest_just_given_memory_is_not_taxed_again_at_once() -> None:
-    policy = make_policy("autoballoon", free_page_reporting=False)
-    given = guest("a", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB)
+    policy = make_policy("autoballoon")
+    given = guest("a", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)
     given.last_action, given.last_action_time = "deflate", 30.0
-    other = guest("b", 8 * GiB, 8 * GiB, free=GiB, caches=4 * GiB)
-    out = targets(policy.decide(snapshot([given, other], total=TOTAL, available=9 * GiB,
-                                         time=60.0), tick(60.0)))
+    other = guest("b", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)
+    out = targets(policy.decide(snapshot([given, other], total=TOTAL, available=4 * GiB,
+                                         time=40.0), tick(40.0)))
     assert "t:a" not in out and out["t:b"] < 8 * GiB
-    later = targets(policy.decide(snapshot([given, other], total=TOTAL, available=9 * GiB,
+    later = targets(policy.decide(snapshot([given, other], total=TOTAL, available=4 * GiB,
                                            time=120.0), tick(120.0)))
     assert "t:a" in later

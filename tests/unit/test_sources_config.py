@@ -61,8 +61,8 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
         "mode": "default",
     }
     assert dict(config.sources["watermark"]) == {
-        "period": 2.0, "low": "20%", "medium": "10%", "critical": "5%", "hysteresis": "2%",
-        "cgroup": "",
+        "period": 1.0, "low": "20%", "medium": "10%", "critical": "5%", "hysteresis": "2%",
+        "trend_window": 2.0, "horizon": 2.0, "cgroup": "",
     }
 
 
