@@ -146,6 +146,56 @@ def read_meminfo(path: str = "/proc/meminfo") -> MemInfo:
         return parse_meminfo(handle.read())
 
 
+VIRTIO_ID_BALLOON = 5
+VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 2
+PAGE_SIZE = 4096
+
+
+def balloon_counted_as_used(devices: str = "/sys/bus/virtio/devices") -> bool:
+    """True when this guest's balloon has deflate-on-oom.
+
+    Linux then leaves ballooned pages in MemTotal (they count as used), so a
+    share of MemTotal would make a ballooned guest look short of memory.
+    """
+    try:
+        names = os.listdir(devices)
+    except OSError:
+        return False
+    for name in names:
+        base = os.path.join(devices, name)
+        try:
+            with open(os.path.join(base, "device"), encoding="ascii") as handle:
+                if int(handle.read().strip(), 16) != VIRTIO_ID_BALLOON:
+                    continue
+            with open(os.path.join(base, "features"), encoding="ascii") as handle:
+                bits = handle.read().strip()
+        except (OSError, ValueError):
+            continue
+        return len(bits) > VIRTIO_BALLOON_F_DEFLATE_ON_OOM and (
+            bits[VIRTIO_BALLOON_F_DEFLATE_ON_OOM] == "1")
+    return False
+
+
+def ballooned_bytes(vmstat: str = "/proc/vmstat") -> int:
+    """Memory the balloon holds now, from the kernel's balloon_inflate/deflate counters."""
+    counts = {"balloon_inflate": 0, "balloon_deflate": 0}
+    try:
+        with open(vmstat, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name in counts and value.strip().isdigit():
+                    counts[name] = int(value)
+    except OSError:
+        return 0
+    return max(0, counts["balloon_inflate"] - counts["balloon_deflate"]) * PAGE_SIZE
+
+
+def usable_meminfo(mem: MemInfo, ballooned: int) -> MemInfo:
+    """``mem`` with the balloon taken out of MemTotal (deflate-on-oom guests)."""
+    total = max(mem.available, mem.free, mem.total - max(0, ballooned))
+    return MemInfo(total, mem.free, mem.available)
+
+
 # -- deciding the level and the size wanted ----------------------------------------
 
 
@@ -526,6 +576,8 @@ class Options:
         self.repeat: float = values.get("repeat", 2.0)
         self.min_gap: float = values.get("min_gap", 0.25)
         self.meminfo: str = values.get("meminfo", "/proc/meminfo")
+        self.vmstat: str = values.get("vmstat", "/proc/vmstat")
+        self.virtio_devices: str = values.get("virtio_devices", "/sys/bus/virtio/devices")
         self.pressure_file: str = values.get("pressure_file", "/proc/pressure/memory")
         self.sysfs: str = values.get("sysfs", "/sys/class/virtio-ports")
         self.dev: str = values.get("dev", "/dev")
@@ -554,6 +606,7 @@ class Agent:
         self.sent = 0
         self.dropped = 0
         self.mem: MemInfo | None = None
+        self.balloon_in_total: bool | None = None
         self.psi_level = NONE
         self.psi_time = -math.inf
         self.level = NONE
@@ -641,6 +694,10 @@ class Agent:
 
     def sample(self, now: float) -> MemInfo:
         mem = read_meminfo(self.options.meminfo)
+        if self.balloon_in_total is None:
+            self.balloon_in_total = balloon_counted_as_used(self.options.virtio_devices)
+        if self.balloon_in_total:
+            mem = usable_meminfo(mem, ballooned_bytes(self.options.vmstat))
         self.mem = mem
         self.estimator.add(now, mem)
         return mem
@@ -883,6 +940,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resend a lasting pressure this often, in seconds (default %(default)s)")
     add("--meminfo", default=_env("MEMINFO", "/proc/meminfo"), help=argparse.SUPPRESS)
     add("--pressure-file", default=_env("PRESSURE_FILE", "/proc/pressure/memory"),
+        help=argparse.SUPPRESS)
+    add("--vmstat", default=_env("VMSTAT", "/proc/vmstat"), help=argparse.SUPPRESS)
+    add("--virtio-devices", default=_env("VIRTIO_DEVICES", "/sys/bus/virtio/devices"),
         help=argparse.SUPPRESS)
     add("--sysfs", default=_env("SYSFS", "/sys/class/virtio-ports"), help=argparse.SUPPRESS)
     add("--dev", default=_env("DEV", "/dev"), help=argparse.SUPPRESS)

@@ -103,6 +103,19 @@ def start(python: str, script: Path, workdir: Path, *args: str) -> subprocess.Po
     )
 
 
+def wait_for_output(proc: subprocess.Popen[bytes], text: str, timeout: float) -> str:
+    """Read the agent's output as it comes until ``text`` shows (or ``timeout``)."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen and time.monotonic() < deadline and proc.poll() is None:
+        seen += proc.stdout.read() or b""
+        time.sleep(0.1)
+    os.set_blocking(proc.stdout.fileno(), True)
+    return seen.decode(errors="replace")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     """SIGTERM by PID; the agent must exit 0 within a few seconds."""
     proc.send_signal(signal.SIGTERM)
@@ -155,11 +168,11 @@ def test_with_no_host_listening_the_agent_keeps_running(python: str, workdir: Pa
     info = meminfo(workdir, 1_000_000, 900_000)
     proc = start(python, script, workdir, "--transport", "unix", "--unix-path",
                  str(workdir / "nobody.sock"), "--meminfo", str(info))
-    time.sleep(1.5)
+    seen = wait_for_output(proc, "cannot connect", timeout=30.0)
     assert proc.poll() is None, proc.communicate()[0].decode()
     code, output = stop(proc)
     assert code == 0, output
-    assert "cannot connect" in output
+    assert "cannot connect" in seen + output
 
 
 def test_a_port_whose_host_end_does_not_read_never_blocks_the_agent(workdir: Path) -> None:
@@ -172,16 +185,16 @@ def test_a_port_whose_host_end_does_not_read_never_blocks_the_agent(workdir: Pat
     info = meminfo(workdir, 1_000_000, 50_000)
     try:
         # A 4 KiB pipe fills after a few lines; the agent must drop the rest.
+        import fcntl
+
+        fcntl.fcntl(reader, 1031, 4096)  # F_SETPIPE_SZ, before the agent writes
         proc = start(sys.executable, standalone(workdir), workdir, "--sysfs", str(sysfs),
                      "--dev", str(dev), "--meminfo", str(info), "--heartbeat", "0.1",
                      "--repeat", "0.1")
-        import fcntl
-
-        fcntl.fcntl(reader, 1031, 4096)  # F_SETPIPE_SZ
-        time.sleep(2.0)
+        seen = wait_for_output(proc, "not reading", timeout=30.0)
         assert proc.poll() is None
         code, output = stop(proc)
     finally:
         os.close(reader)
     assert code == 0, output
-    assert "not reading" in output
+    assert "not reading" in seen + output
