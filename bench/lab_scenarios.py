@@ -1,0 +1,144 @@
+"""The overcommit scenarios, as data: run on real lab guests and in the simulator.
+
+A scenario is a memory cgroup limit, a few guests, each with a program of
+steps, and optionally a host process (a "claim") that grows inside the same
+cgroup. The guest side of a program (:func:`run_program`) uses the standard
+library only: it runs inside the TCG guests through the shared host root.
+
+Steps of a guest program (times in seconds since the program started):
+
+* ``{"do": "read", "mib": N}``: read N MiB of the guest's own virtio disk
+  (QEMU's ``null-co``: no host file behind it) and keep the device open, so
+  the data stays in the guest's page cache (anonymous memory to the host);
+* ``{"do": "wait", "until": T}``: sleep until T;
+* ``{"do": "demand", "mib": N, "rate": R, "hold": H}``: allocate and touch N
+  MiB in 16 MiB chunks at R MiB/s (0: as fast as it can), hold H seconds,
+  then free it; prints ``DEMAND-DONE <seconds to allocate>``.
+
+Every program ends with ``END``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MiB = 1 << 20
+CHUNK_MIB = 16
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A host process (a backup job, say) growing inside the guests' cgroup."""
+
+    at: float
+    mib: int
+    rate: float
+    hold: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    programs: tuple[tuple[dict[str, Any], ...], ...]
+    guest_mib: int = 640
+    limit_mib: int = 1536
+    disk_mib: int = 256
+    claim: Claim | None = None
+    static_cap_mib: int | None = None
+    """Balloon size of the hand-tuned static cap (the ``static`` configuration)."""
+    tail: float = 10.0
+    deadline: float = 240.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def guests(self) -> int:
+        return len(self.programs)
+
+    def demand_steps(self) -> int:
+        return sum(1 for p in self.programs for s in p if s["do"] == "demand")
+
+
+def _ramp(rate: float) -> Scenario:
+    programs = tuple(
+        ({"do": "read", "mib": 192}, {"do": "wait", "until": 20 + 25 * k},
+         {"do": "demand", "mib": 320, "rate": rate, "hold": 10}, {"do": "read", "mib": 192})
+        for k in range(3))
+    return Scenario(f"ramp{rate:g}", f"guests in turn allocate 320 MiB at {rate:g} MiB/s",
+                    programs, static_cap_mib=448)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    _ramp(16),
+    _ramp(32),
+    Scenario("burst", "guest 1 touches 400 MiB as fast as it can; the others keep their cache",
+             (({"do": "read", "mib": 192}, {"do": "wait", "until": 20},
+               {"do": "demand", "mib": 400, "rate": 0, "hold": 10}, {"do": "read", "mib": 192}),
+              ({"do": "read", "mib": 192}, {"do": "wait", "until": 45}),
+              ({"do": "read", "mib": 192}, {"do": "wait", "until": 45})),
+             static_cap_mib=448),
+    Scenario("cache-fill", "guests in turn read 560 MiB of their disk and keep it cached",
+             tuple(({"do": "wait", "until": 10 + 20 * k}, {"do": "read", "mib": 560},
+                    {"do": "wait", "until": 75}) for k in range(3)),
+             disk_mib=600, static_cap_mib=400),
+    Scenario("host-claim", "a host process grows to 450 MiB in the guests' cgroup, holds 15 s "
+             "and exits; the guests refill their cache afterwards",
+             tuple(({"do": "read", "mib": 192}, {"do": "wait", "until": 55},
+                    {"do": "read", "mib": 192}, {"do": "wait", "until": 70}) for _ in range(3)),
+             claim=Claim(at=20, mib=450, rate=100, hold=15), static_cap_mib=320),
+    Scenario("too-much", "every guest allocates 480 MiB at once at 24 MiB/s: more than "
+             "ballooning can free",
+             tuple(({"do": "read", "mib": 192}, {"do": "wait", "until": 20},
+                    {"do": "demand", "mib": 480, "rate": 24, "hold": 10})
+                   for _ in range(3))),
+)}
+
+
+# -- the guest side (standard library only) ------------------------------------------
+
+
+def run_program(text: str) -> None:
+    """Run one guest program given as JSON (see the module docstring)."""
+    steps = json.loads(text)
+    t0 = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"BENCH t={time.monotonic() - t0:.2f} {message}", flush=True)
+
+    fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
+    for step in steps:
+        kind = step["do"]
+        if kind == "read":
+            os.lseek(fd, 0, os.SEEK_SET)
+            for _ in range(int(step["mib"])):
+                if not os.read(fd, MiB):
+                    break
+            say(f"READ-DONE {step['mib']}")
+        elif kind == "wait":
+            time.sleep(max(0.0, t0 + float(step["until"]) - time.monotonic()))
+        elif kind == "demand":
+            _demand(int(step["mib"]), float(step["rate"]), float(step["hold"]), say)
+    say("END")
+    while True:
+        time.sleep(3600)
+
+
+def _demand(mib: int, rate: float, hold: float, say: Any) -> None:
+    say("DEMAND-START")
+    began = time.monotonic()
+    held: list[bytearray] = []
+    for n in range(mib // CHUNK_MIB):
+        chunk = bytearray(CHUNK_MIB * MiB)
+        chunk[::4096] = b"\x01" * len(range(0, len(chunk), 4096))
+        held.append(chunk)
+        if rate > 0:
+            time.sleep(max(0.0, began + (n + 1) * CHUNK_MIB / rate - time.monotonic()))
+    took = time.monotonic() - began
+    say(f"DEMAND-ALLOCATED {took:.2f}")
+    time.sleep(hold)
+    held.clear()
+    say(f"DEMAND-DONE {took:.2f}")
