@@ -461,3 +461,38 @@ def test_a_unix_transport_reconnects_after_the_peer_went_away(tmp_path: Path) ->
         assert conn.recv(100) == b"c\n" * results.count(True) + b"d\n"
         conn.close()
     transport.close()
+
+
+def _balloon_device(root: Path, name: str, device: str, features: str) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "device").write_text(device + "\n")
+    (root / name / "features").write_text(features + "\n")
+
+
+def test_a_deflate_on_oom_balloon_is_found_by_its_feature_bit(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    _balloon_device(devices, "virtio0", "0x0002", "0010")  # a block device
+    _balloon_device(devices, "virtio1", "0x0005", "0100")  # balloon without deflate-on-oom
+    assert not agent.balloon_counted_as_used(str(devices))
+    (devices / "virtio1" / "features").write_text("0110\n")  # bit 2: deflate-on-oom
+    assert agent.balloon_counted_as_used(str(devices))
+    assert not agent.balloon_counted_as_used(str(tmp_path / "missing"))
+
+
+def test_ballooned_memory_comes_from_the_vmstat_counters(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1000\nballoon_inflate 70000\nballoon_deflate 4464\n")
+    assert agent.ballooned_bytes(str(vmstat)) == (70000 - 4464) * 4096
+    assert agent.ballooned_bytes(str(tmp_path / "missing")) == 0
+
+
+def test_a_ballooned_guest_judges_pressure_against_what_it_really_has() -> None:
+    mem = MemInfo(total=640 << 20, free=40 << 20, available=120 << 20)
+    # 384 MiB in the balloon: 120 MiB available of the 256 MiB left is no pressure,
+    # though it is under 19 % of MemTotal
+    usable = agent.usable_meminfo(mem, 384 << 20)
+    assert usable.total == 256 << 20
+    assert agent.Watermarks(0.15).level(usable) == NONE
+    assert agent.Watermarks(0.20).level(mem) == LOW
+    # a counter that claims more than MemTotal never makes the total smaller than available
+    assert agent.usable_meminfo(mem, 1 << 40).total == 120 << 20
