@@ -175,6 +175,13 @@ class MemoryCgroup:
         """Current memory charge in bytes."""
         return int(self._file("memory.usage_in_bytes", "memory.current").read_text())
 
+    def anon(self) -> int:
+        """Memory charged that the kernel cannot drop without swap (anonymous memory)."""
+        key = "total_rss" if self.version == 1 else "anon"
+        match = re.search(rf"^{key} (\d+)$", self._file("memory.stat", "memory.stat").read_text(),
+                          re.MULTILINE)
+        return int(match.group(1)) if match else self.usage()
+
     def peak(self) -> int | None:
         """Highest charge seen, when the kernel reports it."""
         path = self._file("memory.max_usage_in_bytes", "memory.peak")

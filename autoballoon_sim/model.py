@@ -50,6 +50,8 @@ class ModelParams:
     stall_fraction: float = 0.97
     level_fractions: tuple[float, float, float] = (0.96, 0.975, 0.99)
     """Host usage at which the kernel reports LOW, MEDIUM, CRITICAL pressure."""
+    qemu_overhead: float = 0.0
+    """Host memory each QEMU holds besides guest RAM (device state, its own heap)."""
     restart_delay: float = 600.0
     oom_episode: float = 60.0
     """OOMs of one guest closer together than this count as one event."""
@@ -66,6 +68,8 @@ class Metrics:
     handed_back_gib_h: float = 0.0
     peak_handed_back: float = 0.0
     min_available: float = float("inf")
+    peak_used: float = 0.0
+    claim_killed: int = 0
 
 
 @dataclass(slots=True)
@@ -101,6 +105,8 @@ class HostModel:
         self.last_oom = np.full(n, -np.inf)
         self.resident = np.zeros(n)
         self.used = 0.0
+        self.claim = 0.0
+        """Host memory used by a process that is not a guest, in the same cgroup."""
         self.level = PressureLevel.NONE
         self.metrics = Metrics()
         self.series = Series()
@@ -174,9 +180,14 @@ class HostModel:
         else:
             self.touched = np.minimum(self.actual, np.maximum(self.touched, touching))
             resident = self.touched
-        self.resident = np.where(alive, resident, 0.0)
+        self.resident = np.where(alive, resident + p.qemu_overhead, 0.0)
         base = p.host_base_percent * self.total
-        self.used = base + float(self.resident.sum())
+        self.used = base + self.claim + float(self.resident.sum())
+        if self.used > self.total and self.claim > 0:
+            # a host process with the OOM killer's first choice (oom_score_adj 1000)
+            self.used -= self.claim
+            self.claim = 0.0
+            self.metrics.claim_killed += 1
         while self.used > self.total and self.alive.any():
             victim = int(np.argmax(self.resident))
             self.alive[victim] = False
@@ -207,6 +218,7 @@ class HostModel:
         m.handed_back_gib_h += back * dt / GiB / 3600.0
         m.peak_handed_back = max(m.peak_handed_back, back)
         m.min_available = min(m.min_available, self.available)
+        m.peak_used = max(m.peak_used, self.used)
 
     def sample(self, t: float) -> None:
         s = self.series

@@ -24,9 +24,11 @@ Measured per run:
 * stall time (cgroup usage at or above 97 % of its limit, sampled every 0.2 s);
 * demand steps done and their allocation time;
 * balloon actions (inflate / deflate counts, MiB moved) from the audit log;
-* the cgroup's mean and peak usage, and the memory the guests held (mean sum
-  of the QEMU processes' resident memory: what ballooning left the guests,
-  page cache and all).
+* the cgroup's mean and peak usage (file cache included: QEMU reads the guests'
+  shared root through the host's page cache, charged to the cgroup), the peak of
+  its anonymous memory (what the kernel cannot drop without swap, and what the
+  simulator models), and the memory the guests held (mean sum of the QEMU
+  processes' resident memory: what ballooning left the guests, page cache and all).
 
 ``python bench/bench_policies_lab.py --scenario NAME[,NAME] [--only CONFIG[,CONFIG]]
 [--repeat N] [--json PATH] [--markdown]``
@@ -89,6 +91,7 @@ class RunResult:
     failed_actions: int = 0
     mean_usage_mib: float = 0.0
     peak_usage_mib: float = 0.0
+    peak_anon_mib: float = 0.0
     guests_held_mib: float = 0.0
     balloons_end_mib: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
@@ -201,6 +204,7 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
             claim.stop()
             claim_stop = None
         usage = lab.cgroup.usage()
+        result.peak_anon_mib = max(result.peak_anon_mib, lab.cgroup.anon() / MiB)
         rss = [_rss_mib(g.pid) if g.alive() else 0.0 for g in lab.guests]
         held.append(sum(rss))
         result.samples.append((round(elapsed, 2), round(usage / MiB, 1),
@@ -324,7 +328,8 @@ def run_config(name: str, scenario: Scenario, verbose: bool) -> RunResult:
 
 HEADERS = ("scenario", "config", "QEMU OOM-killed", "first death s", "escalation s",
            "guest OOM kills", "stall s (>=97%)", "demands done", "alloc time s",
-           "inflates", "deflates", "moved MiB", "mean MiB", "peak MiB", "guests held MiB",
+           "inflates", "deflates", "moved MiB", "mean MiB", "peak MiB", "peak anon MiB",
+           "guests held MiB",
            "balloons at end MiB")
 
 
@@ -345,7 +350,8 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
             f"{r.demands_done}/{r.demands_total}", f"{r.completion_s:.1f}",
             str(r.inflates) if r.daemon else "-", str(r.deflates) if r.daemon else "-",
             f"{r.moved_mib:.0f}" if r.daemon else "-", f"{r.mean_usage_mib:.0f}",
-            f"{r.peak_usage_mib:.0f}", f"{r.guests_held_mib:.0f}", balloons or "-",
+            f"{r.peak_usage_mib:.0f}", f"{r.peak_anon_mib:.0f}", f"{r.guests_held_mib:.0f}",
+            balloons or "-",
         ])
     return rows
 

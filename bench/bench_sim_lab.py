@@ -1,0 +1,225 @@
+"""The simulator against the lab: each lab scenario simulated, side by side with real runs.
+
+Every scenario of :mod:`bench.lab_scenarios` is run in the simulator's memory
+model (:mod:`autoballoon_sim.model`) with the real policy and the daemon's own
+decision core (:class:`autoballoon_sim.engine.SimEngine`), in the lab's
+configuration: three guests of 640 MiB in a 1536 MiB cgroup, QEMU's own memory
+per guest, free page reporting, deflate-on-oom, timer rounds every 2 s, guest
+statistics every 2 s, agent reports every 0.5 s. The real runs come from
+``bench_policies_lab.py --json`` files; the table prints, per scenario and
+configuration, the QEMUs killed and the peak cgroup usage in both, and whether
+the simulator predicted the deaths and the peak within 10 %.
+
+``python bench/bench_sim_lab.py --lab RUNS.json[,MORE.json] [--scenario NAME,...]
+[--only CONFIG,...] [--markdown]``
+
+Without ``--lab`` it prints the simulator's side only. Calibrated constants
+(QEMU's own memory, the guest kernel's, the balloon and read speeds) are at the
+top of this file, with where each was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autoballoon_core.engine_core import EscalationSettings
+from autoballoon_core.safety import GuardSettings
+from autoballoon_sim.engine import SimEngine
+from autoballoon_sim.model import HostModel, ModelParams
+from autoballoon_sim.runner import build_policy, make_config, policy_specs
+from bench.lab_scenarios import SCENARIOS, Scenario
+
+MiB = 1 << 20
+DT = 0.1
+READ_RATE = 24 * MiB
+"""Guest disk reads under TCG: 192 MiB in about 8 s (READ-DONE markers)."""
+BURST_RATE = 150 * MiB
+"""A demand step "as fast as it can": well over 100 MiB/s under TCG."""
+QEMU_OVERHEAD = 95 * MiB
+"""QEMU's anonymous memory besides what the guest touched (RssAnon about 190 MiB
+at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
+GUEST_KERNEL = 95 * MiB
+"""What a booted lab guest uses itself: kernel, init, Python agent and workload."""
+CONFIGS = ("none", "fpr", "static", "autoballoon", "proxmox", "mom", "seed-fixed",
+           "seed-levels")
+POLICIES = ("autoballoon", "proxmox", "mom", "seed-fixed", "seed-levels")
+
+
+@dataclass
+class Phase:
+    start: float
+    end: float
+    kind: str
+    mib: float
+    rate: float
+    hold: float = 0.0
+
+
+def timeline(program: tuple[dict[str, Any], ...]) -> list[Phase]:
+    """A guest program as timed phases (reads and demands), as the lab runs it."""
+    t = 0.0
+    phases = []
+    for step in program:
+        kind = step["do"]
+        if kind == "wait":
+            t = max(t, float(step["until"]))
+        elif kind == "read":
+            end = t + step["mib"] * MiB / READ_RATE
+            phases.append(Phase(t, end, "read", step["mib"], READ_RATE))
+            t = end
+        elif kind == "demand":
+            rate = step["rate"] * MiB if step["rate"] else BURST_RATE
+            ramp = step["mib"] * MiB / rate
+            phases.append(Phase(t, t + ramp + step["hold"], "demand", step["mib"], rate,
+                                step["hold"]))
+            t += ramp + step["hold"]
+    return phases
+
+
+@dataclass
+class SimResult:
+    scenario: str
+    config: str
+    killed: list[int] = field(default_factory=list)
+    claim_killed: bool = False
+    peak_mib: float = 0.0
+    escalations: int = 0
+
+
+def simulate(scenario: Scenario, config: str, params: ModelParams | None = None) -> SimResult:
+    n = scenario.guests
+    fpr = config != "none"
+    p = params or ModelParams(
+        kernel_min=GUEST_KERNEL, kernel_percent=0.0, qemu_overhead=QEMU_OVERHEAD,
+        free_page_reporting=fpr, host_base_percent=0.0, restart_delay=1e9,
+        deflate_on_oom=True, pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
+    max_bytes = np.full(n, float(scenario.guest_mib * MiB))
+    model = HostModel(max_bytes, scenario.limit_mib * MiB, np.zeros(n), np.zeros(n), p)
+    engine = None
+    if config in POLICIES:
+        cfg = make_config(config, {}, {"tick_interval": 2.0}, {})
+        policy = build_policy(policy_specs()[config], {}, cfg)
+        engine = SimEngine(policy, GuardSettings.from_options(cfg.guards), cfg.engine, model,
+                           stats_interval=2.0, guest_event_period=0.5,
+                           escalation=EscalationSettings())
+    elif config == "static":
+        assert scenario.static_cap_mib is not None
+        model.target[:] = scenario.static_cap_mib * MiB
+    phases = [timeline(program) for program in scenario.programs]
+    end = max((ph[-1].end for ph in phases if ph), default=0.0) + scenario.tail
+    if scenario.claim is not None:
+        c = scenario.claim
+        end = max(end, c.at + c.mib / c.rate + c.hold + scenario.tail)
+    result = SimResult(scenario.name, config)
+    steps = int(end / DT)
+    for k in range(1, steps + 1):
+        t = k * DT
+        share = np.zeros(n)
+        for i, guest_phases in enumerate(phases):
+            for ph in guest_phases:
+                if ph.start <= t:
+                    if ph.kind == "read":
+                        model.cache_max[i] = max(model.cache_max[i], ph.mib * MiB)
+                        model.cache_rate[i] = ph.rate if t < ph.end else 0.0
+                    elif t < ph.end:
+                        done = min(ph.mib * MiB, (t - ph.start) * ph.rate)
+                        share[i] = done / model.max[i]
+        if scenario.claim is not None and not model.metrics.claim_killed:
+            c = scenario.claim
+            if c.at <= t < c.at + c.mib / c.rate + c.hold:
+                model.claim = min(c.mib, (t - c.at) * c.rate) * MiB
+            else:
+                model.claim = 0.0
+        model.step(t, DT, share)
+        if engine is not None:
+            engine.step(t)
+        for i in model.killed:
+            result.killed.append(int(i) + 1)
+    result.claim_killed = model.metrics.claim_killed > 0
+    result.peak_mib = model.metrics.peak_used / MiB
+    result.escalations = engine.counters.escalations if engine is not None else 0
+    return result
+
+
+def lab_runs(paths: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            if run.get("error"):
+                continue
+            config = run["config"].split(" #")[0]
+            runs.setdefault((run["scenario"], config), []).append(run)
+    return runs
+
+
+def rows(scenarios: list[Scenario], configs: list[str],
+         lab: dict[tuple[str, str], list[dict[str, Any]]]) -> list[list[str]]:
+    out = []
+    for scenario in scenarios:
+        for config in configs:
+            if config == "static" and scenario.static_cap_mib is None:
+                continue
+            sim = simulate(scenario, config)
+            real = lab.get((scenario.name, config), [])
+            sim_dead = len(sim.killed)
+            row = [scenario.name, config, f"{sim_dead} {sim.killed or ''}".strip(),
+                   f"{sim.peak_mib:.0f}"]
+            if real:
+                dead = [r["qemu_killed"] for r in real]
+                peaks = [r.get("peak_anon_mib") or r["peak_usage_mib"] for r in real]
+                peak = sum(peaks) / len(peaks)
+                deaths_ok = all(d == sim_dead for d in dead)
+                peak_ok = abs(sim.peak_mib - peak) <= 0.10 * peak
+                row += [f"{'/'.join(map(str, dead))} ({len(real)} runs)", f"{peak:.0f}",
+                        "yes" if deaths_ok else "NO", "yes" if peak_ok else "NO"]
+            else:
+                row += ["-", "-", "-", "-"]
+            out.append(row)
+    return out
+
+
+HEADERS = ("scenario", "config", "sim QEMUs killed", "sim peak MiB", "lab QEMUs killed",
+           "lab peak anon MiB", "deaths predicted", "peak within 10 %")
+
+
+def print_table(table: list[list[str]], markdown: bool) -> None:
+    if markdown:
+        print("| " + " | ".join(HEADERS) + " |")
+        print("|" + "|".join("---" for _ in HEADERS) + "|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(HEADERS)]
+    print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--lab", default="", help="comma-separated bench_policies_lab JSON files")
+    parser.add_argument("--scenario", default="all", help="comma-separated scenarios or all")
+    parser.add_argument("--only", default="", help="comma-separated configurations")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    configs = [c for c in args.only.split(",") if c] or list(CONFIGS)
+    lab = lab_runs([Path(p) for p in args.lab.split(",") if p])
+    print_table(rows([SCENARIOS[n] for n in names], configs, lab), args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
