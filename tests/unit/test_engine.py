@@ -160,7 +160,8 @@ async def test_a_stalled_balloon_is_backed_off() -> None:
         await h.settle()
         state = h.engine.guests["fake:a"]
         assert state.stalled_until > 0
-        assert h.backend.calls[-1] == ("fake:a", 1024 * MiB) or state.target_bytes == 1024 * MiB
+        assert ("fake:a", 1024 * MiB) in h.backend.calls  # stop pushing: back where it is
+        assert state.target_bytes == 1024 * MiB
         assert h.backend.actual["fake:b"] == 992 * MiB
 
 
