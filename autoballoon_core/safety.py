@@ -67,6 +67,19 @@ def under_pressure(guest: GuestState) -> bool:
     return guest.pressure > PressureLevel.NONE
 
 
+def fair_shares(guests: Iterable[GuestState]) -> dict[str, float]:
+    """Each guest's weighted fair share of the memory the guests hold now.
+
+    A guest's share is its floor plus the memory all guests hold above their
+    floors, split by weight x (maximum - floor).
+    """
+    members = list(guests)
+    pool = sum(max(0, current_target(g) - g.floor) for g in members)
+    stake = {g.id: max(g.weight, 0.0) * max(0, g.max_bytes - g.floor) for g in members}
+    stakes = sum(stake.values()) or 1.0
+    return {g.id: g.floor + pool * stake[g.id] / stakes for g in members}
+
+
 def review(
     settings: GuardSettings,
     snapshot: Snapshot,
@@ -77,13 +90,17 @@ def review(
     """Apply the invariants to every decision; one verdict per decision."""
     verdicts: list[Review] = []
     seen: set[str] = set()
+    fair: Mapping[str, float] = {}
+    if snapshot.host.level >= PressureLevel.CRITICAL:
+        fair = fair_shares(g for g in snapshot.guests.values() if g.managed and g.reachable)
     for decision in decisions:
         guest = snapshot.guests.get(decision.guest)
         if guest is None:
             verdicts.append(Review(decision, 0, 0, "unknown guest"))
             continue
         previous = current_target(guest)
-        verdicts.append(_review_one(settings, guest, decision, previous, now, seen, in_flight))
+        verdicts.append(_review_one(settings, guest, decision, previous, now, seen, in_flight,
+                                    fair.get(guest.id)))
         seen.add(decision.guest)
     return verdicts
 
@@ -96,6 +113,7 @@ def _review_one(
     now: float,
     seen: set[str],
     in_flight: frozenset[str],
+    fair: float | None = None,
 ) -> Review:
     def veto(why: str) -> Review:
         return Review(decision, previous, previous, why)
@@ -110,8 +128,11 @@ def _review_one(
         return veto("a command for this guest is still in flight")
     target = clamp(settings, guest, decision.target, previous)
     inflating = target < previous
-    if inflating and under_pressure(guest):
-        return veto("guest reports memory pressure: never inflated while it lasts")
+    # the one exception: a claimant holding more than its fair share of a host at
+    # CRITICAL gives back down to that share, no lower
+    if inflating and under_pressure(guest) and (fair is None or target < fair):
+        return veto("guest reports memory pressure: never inflated while it lasts"
+                        + ("" if fair is None else " below its fair share"))
     if inflating and now < guest.stalled_until:
         return veto("balloon stalled: backing off")
     if (decision.origin is not Origin.STALL and guest.last_action_time is not None

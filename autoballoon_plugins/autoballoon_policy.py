@@ -57,7 +57,7 @@ from autoballoon_core.model import (
     TriggerKind,
 )
 from autoballoon_core.options import Kind, Option
-from autoballoon_core.safety import current_target, under_pressure
+from autoballoon_core.safety import current_target, fair_shares, under_pressure
 from autoballoon_plugins._policy_common import guest_free_now, host_figures, mib
 from autoballoon_plugins._policy_fill import water_fill
 
@@ -258,7 +258,8 @@ class AutoBalloonPolicy(Policy):
             if free is not None:
                 eaten = min(free, on_way)
                 free -= eaten
-                frees = on_way - eaten if self.s.free_page_reporting else on_way
+                # past free memory only page cache can go; anything else stalls the balloon
+                frees = min(on_way - eaten, cache) if self.s.free_page_reporting else on_way
                 cache = max(0, cache - frees)
             else:
                 frees = 0 if self.s.free_page_reporting else on_way
@@ -392,16 +393,17 @@ class AutoBalloonPolicy(Policy):
     # -- 4. critical squeeze --------------------------------------------------------------
 
     def _squeeze(self, snapshot: Snapshot, plan: Plan, remaining: float) -> None:
+        """Guests above their fair share give towards it, claimants of pressure too.
+
+        A guest that reports pressure while it holds more than its fair share of a
+        critical host is not spared: the core's guard lets exactly that through.
+        """
         views = list(plan.views.values())
-        pool = sum(max(0, v.size - v.state.floor) for v in views)
-        stake = {v.state.id: max(v.state.weight, 0.0) * max(0, v.state.max_bytes - v.state.floor)
-                 for v in views}
-        stakes = sum(stake.values()) or 1.0
-        fair = {v.state.id: v.state.floor + pool * stake[v.state.id] / stakes for v in views}
+        fair = fair_shares(v.state for v in views)
         caps = {v.state.id: max(0.0, plan.target(v.state.id) - max(fair[v.state.id],
                                                                    v.state.floor))
-                for v in views if not under_pressure(v.state)
-                and snapshot.time >= v.state.stalled_until and v.state.weight > 0}
+                for v in views if v.state.id not in plan.moves or not under_pressure(v.state)
+                if snapshot.time >= v.state.stalled_until and v.state.weight > 0}
         weight = {gid: plan.views[gid].state.weight for gid in caps}
         for gid, amount in water_fill(caps, weight, remaining).items():
             plan.move(gid, int(plan.target(gid) - amount),

@@ -26,13 +26,14 @@ from autoballoon_core.model import (
     GuestStats,
     HostState,
     MiB,
+    Origin,
     PressureLevel,
     Snapshot,
     Trigger,
     TriggerKind,
 )
 from autoballoon_core.options import defaults
-from autoballoon_core.safety import GuardSettings, current_target
+from autoballoon_core.safety import GuardSettings, current_target, fair_shares
 
 EXPECTED_POLICIES = {"seed-fixed", "seed-levels", "mom", "proxmox", "autoballoon"}
 levels = st.sampled_from(list(PressureLevel))
@@ -60,6 +61,7 @@ def guests(draw: st.DrawFn, index: int) -> GuestState:
         target_bytes=target, stats=stats, pressure=pressure,
         pressure_wanted=draw(st.integers(0, 4 * GiB)) if pressure else 0,
         pressure_time=draw(st.floats(NOW - 120, NOW)),
+        pressure_rose_time=draw(st.none() | st.floats(NOW - 120, NOW)),
         last_action_time=last_action,
         stalled_until=draw(st.sampled_from([0.0, NOW - 1, NOW + 30])),
     )
@@ -88,7 +90,8 @@ def guard_settings(draw: st.DrawFn) -> GuardSettings:
 def decisions_for(draw: st.DrawFn, snapshot: Snapshot) -> list[Decision]:
     ids = [*snapshot.guests, "g:unknown"]
     return draw(st.lists(st.builds(Decision, st.sampled_from(ids),
-                                   st.integers(-GiB, 64 * GiB), st.just("test")), max_size=10))
+                                   st.integers(-GiB, 64 * GiB), st.just("test"),
+                                   st.sampled_from(list(Origin))), max_size=10))
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -121,11 +124,19 @@ def test_guard_invariants_hold_for_any_decisions(data: st.DataObject,
         assert lowest <= target <= highest
         assert abs(target - previous) >= max(guard.min_change, 1)
         if target < previous:  # inflating
-            assert guest.pressure == PressureLevel.NONE
             assert guest.stalled_until <= NOW
-        if guest.last_action_time is not None and NOW - guest.last_action_time < guard.cooldown:
+            if guest.pressure != PressureLevel.NONE:
+                # only a claimant above its fair share of a CRITICAL host, never below it
+                assert snapshot.host.level is PressureLevel.CRITICAL
+                fair = fair_shares(g for g in snapshot.guests.values()
+                                   if g.managed and g.reachable)
+                assert target >= fair[guest.id]
+        recent = (guest.last_action_time is not None
+                  and NOW - guest.last_action_time < guard.cooldown)
+        if recent and verdict.decision.origin is not Origin.STALL:
+            assert guest.last_action_time is not None and guest.pressure_rose_time is not None
             assert target > previous and guest.pressure > PressureLevel.NONE
-            assert guest.pressure_time > guest.last_action_time
+            assert guest.pressure_rose_time > guest.last_action_time
     assert len(approved_guests) == len(set(approved_guests))
 
 
