@@ -83,7 +83,8 @@ GUARD_OPTIONS: tuple[Option, ...] = (
     Option("tolerance", Kind.SIZE, 2 * 1024**2,
            "Balloon sizes this close to the target count as reached.", minimum=0),
     Option("release_on_exit", Kind.BOOL, False,
-           "On a clean stop, give every managed guest its maximum back."),
+           "On a clean stop, give every managed guest its maximum back, in guarded steps "
+           "within host headroom."),
 )
 
 ESCALATION_OPTIONS: tuple[Option, ...] = (

@@ -45,6 +45,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--control-socket", help="override [daemon] control_socket")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="override [daemon] log_level")
+    parser.add_argument("--release", action="store_true",
+                        help="do not run: find the guests, give every managed one its memory "
+                        "back in guarded steps within host headroom, and exit (for "
+                        "ExecStopPost= after the daemon failed)")
     parser.add_argument("--version", action="version", version=f"autoballoond {__version__}")
     return parser.parse_args(argv)
 
@@ -125,6 +129,29 @@ class Daemon:
         self._close_metrics()
         if self.audit is not None:
             self.audit.close()
+        return 0
+
+    async def release(self, settle: float = 3.0) -> int:
+        """One shot: adopt every guest as it is, release in guarded steps, exit.
+
+        Balloons stay where a crashed daemon left them (the hypervisor holds the
+        state); an operator, or the unit's ``ExecStopPost=``, runs this to give
+        the guests their memory back without overcommitting the host.
+        """
+        try:
+            await self.engine.start(sources=False)
+        except Exception as exc:
+            log.error("cannot start the backends: %s", exc)
+            await self.engine.stop()
+            return EXIT_START
+        await asyncio.sleep(settle)  # backends find and report their guests
+        guests = len(self.engine.guests)
+        await self.engine.release()
+        left = [g.id for g in self.engine.guests.values()
+                if g.managed and g.reachable and g.actual_bytes < g.max_bytes]
+        await self.engine.stop()
+        log.info("release: %d guests found, %d below their maximum at the end%s", guests,
+                 len(left), f" ({', '.join(left)})" if left else "")
         return 0
 
     def _install_metrics(self) -> Any:
@@ -236,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_log_level(loaded.config.daemon["log_level"])
     daemon = Daemon(loaded, args.config, overrides)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(daemon.run())
+        return asyncio.run(daemon.release() if args.release else daemon.run())
     return 0
 
 

@@ -224,9 +224,12 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open every source (failing fast), start the backends, then listen."""
-        for name, options in self.config.sources.items():
+    async def start(self, *, sources: bool = True) -> None:
+        """Open every source (failing fast), start the backends, then listen.
+
+        ``sources=False`` starts the backends only (a one-shot release).
+        """
+        for name, options in (self.config.sources if sources else {}).items():
             spec = self.registry.sources[name]
             try:
                 source = spec.factory(PluginContext(name, options, self.config))
@@ -262,7 +265,7 @@ class Engine:
                 handle.cancel()
         self._soon = self._timer = None
         if release and not self.dry_run:
-            await self._release_all()
+            await self.release()
         await self._close_sources()
         pending = list(self._in_flight.values())
         if pending:
@@ -298,7 +301,7 @@ class Engine:
         except Exception:
             log.exception("source %s stopped with an error; its events are lost", name)
 
-    async def _release_all(self, rounds: int = 30) -> None:
+    async def release(self, rounds: int = 30) -> None:
         """Give managed guests their maximum back, in guarded steps within host headroom.
 
         Each step gives at most what the host has available (less the

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,3 +196,38 @@ def test_daemon_killed_mid_inflate_adopts_balloons_on_restart(lab: Lab) -> None:
         for action in applied(second, "qmp:lab-2")[:1]:
             assert abs(action["previous"] - sizes[2]) <= 4 * MiB, "balloon jumped on restart"
             assert action["previous"] - action["target"] <= STEP
+
+
+def test_after_a_crash_release_gives_the_memory_back_in_steps(lab: Lab) -> None:
+    """The crash path: balloons stay where the dead daemon left them; ``autoballoond
+    --release`` (the unit's ExecStopPost=) gives them back within host headroom."""
+    assert lab.run_dir is not None and lab.cgroup is not None
+    crashed_dir = lab.run_dir / "crashed"
+    crashed_dir.mkdir()
+    crashed = DaemonProcess(crashed_dir, daemon_config(lab, crashed_dir)).start()
+    try:
+        assert press(lab, lambda: len(applied(crashed, "qmp:lab-1")) >= 2, 40), crashed.log()
+        os.kill(crashed.pid, signal.SIGKILL)
+    finally:
+        crashed.stop()
+    time.sleep(1.0)
+    left = {i: actual(lab, i) for i in (1, 2)}
+    assert min(left.values()) < GUEST_MIB * MiB, "the crashed daemon inflated nothing"
+    release_dir = lab.run_dir / "release"
+    release_dir.mkdir()
+    config = release_dir / "autoballoon.toml"
+    config.write_text(daemon_config(lab, release_dir))
+    proc = spawn([sys.executable, "-m", "autoballoon_core.daemon", "--config", str(config),
+                  "--release"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "release on exit: give back" in text
+    assert "2 guests found, 0 below their maximum" in text, text
+    for index in (1, 2):
+        assert actual(lab, index) == GUEST_MIB * MiB

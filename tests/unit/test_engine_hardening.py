@@ -99,7 +99,7 @@ async def test_release_on_exit_goes_in_steps_within_host_headroom() -> None:
     async with harness(settings, guests=guests) as h:
         available = [GiB]
         h.engine.host_memory.read = lambda: HostMemory(16 * GiB, available[0])  # type: ignore[method-assign]
-        release = asyncio.create_task(h.engine._release_all(rounds=3))
+        release = asyncio.create_task(h.engine.release(rounds=3))
         await asyncio.sleep(0.3)
         first = sum(target - 512 * MiB for _guest, target in h.backend.calls)
         reserve = int(0.03 * 16 * GiB)
