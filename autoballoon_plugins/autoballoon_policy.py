@@ -227,7 +227,7 @@ class AutoBalloonPolicy(Policy):
         asks = self._asks(snapshot, plan)
         cut = 0.0
         if spare < sum(asks.values()):
-            cut = self._cut_exposure(snapshot, plan, host, sum(asks.values()) - spare, critical)
+            cut = self._cut_exposure(snapshot, plan, host, sum(asks.values()) - spare)
             spare += cut
         granted = self._grant(plan, host, asks, max(0.0, spare))
         spare -= granted
@@ -279,12 +279,17 @@ class AutoBalloonPolicy(Policy):
     def _keep(self, size: int) -> int:
         return max(self.s.guest_keep, int(self.s.guest_keep_percent * size))
 
-    def _taxable(self, snapshot: Snapshot, plan: Plan, critical: bool) -> list[GuestView]:
-        """Guests that may be inflated this round."""
+    @staticmethod
+    def _cappable(snapshot: Snapshot, plan: Plan) -> list[GuestView]:
+        """Guests whose free memory may be ballooned this round.
+
+        A guest given memory recently is not spared: a grant never exceeds what the
+        host can pay, so its free memory is cut only when the host can no longer pay
+        it (for example once the guest let go of a burst and refills its cache).
+        """
         return [v for v in plan.views.values()
                 if not under_pressure(v.state) and snapshot.time >= v.state.stalled_until
-                and v.state.weight > 0 and v.state.id not in plan.moves
-                and (critical or not self._recently_given(v.state, snapshot.time))]
+                and v.state.weight > 0 and v.state.id not in plan.moves]
 
     def _recently_given(self, guest: GuestState, now: float) -> bool:
         return (guest.last_action in ("deflate", "adopted") and guest.last_action_time is not None
@@ -339,12 +344,12 @@ class AutoBalloonPolicy(Policy):
 
     # -- 2. exposure ----------------------------------------------------------------------
 
-    def _cut_exposure(self, snapshot: Snapshot, plan: Plan, host: HostView, excess: float,
-                      critical: bool) -> float:
+    def _cut_exposure(self, snapshot: Snapshot, plan: Plan, host: HostView,
+                      excess: float) -> float:
         """Balloon guests' free memory above what they keep; return how much."""
         caps = {v.state.id: float(max(0, min((v.free or 0) - self.s.guest_keep_free,
                                              v.size - v.state.floor)))
-                for v in self._taxable(snapshot, plan, critical) if v.free is not None}
+                for v in self._cappable(snapshot, plan) if v.free is not None}
         weight = {gid: plan.views[gid].state.weight for gid in caps}
         taken = water_fill(caps, weight, excess)
         for gid, amount in taken.items():

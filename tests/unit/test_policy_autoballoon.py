@@ -218,3 +218,12 @@ def test_a_guest_just_given_memory_is_not_taxed_again_at_once() -> None:
     later = targets(policy.decide(snapshot([given, other], total=TOTAL, available=4 * GiB,
                                            time=120.0), tick(120.0)))
     assert "t:a" in later
+
+
+def test_a_guest_given_memory_is_capped_once_the_host_can_no_longer_pay_its_free_memory() -> None:
+    policy = make_policy("autoballoon")
+    done = guest("a", 8 * GiB, 6 * GiB, free=4 * GiB, caches=0)  # let go of a burst
+    done.last_action, done.last_action_time = "deflate", 30.0
+    out = targets(policy.decide(snapshot([done], total=TOTAL, available=7 * GiB, time=40.0),
+                                tick(40.0)))
+    assert out["t:a"] == 6 * GiB - (4 * GiB - 2 * GiB)  # headroom 2 GiB: the rest is capped
