@@ -32,7 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoballoon_core.engine_core import EscalationSettings
+from autoballoon_core.model import PressureLevel
 from autoballoon_core.safety import GuardSettings
+from autoballoon_plugins.watermark import FallRate, Thresholds, next_level, parse_amount
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
 from autoballoon_sim.runner import build_policy, make_config, policy_specs
@@ -49,6 +51,9 @@ QEMU_OVERHEAD = 95 * MiB
 at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
 GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
+WATERMARK = Thresholds(parse_amount("20%"), parse_amount("10%"), parse_amount("5%"),
+                       parse_amount("2%"))
+"""The lab daemon's watermark source: its defaults, polled every 0.25 s with a 2 s horizon."""
 CONFIGS = ("none", "fpr", "static", "autoballoon", "proxmox", "mom", "seed-fixed",
            "seed-levels")
 POLICIES = ("autoballoon", "proxmox", "mom", "seed-fixed", "seed-levels")
@@ -120,6 +125,8 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None)
         c = scenario.claim
         end = max(end, c.at + c.mib / c.rate + c.hold + scenario.tail)
     result = SimResult(scenario.name, config)
+    trend = FallRate(2.0)
+    level = PressureLevel.NONE
     steps = int(end / DT)
     for k in range(1, steps + 1):
         t = k * DT
@@ -140,6 +147,11 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None)
             else:
                 model.claim = 0.0
         model.step(t, DT, share)
+        # host events as the lab daemon's watermark source reports them
+        trend.add(t, int(model.available))
+        outlook = max(0, int(model.available - trend.rate() * 2.0))
+        level = next_level(level, outlook, int(model.total), WATERMARK)
+        model.level = max(level, model.level)
         if engine is not None:
             engine.step(t)
         for i in model.killed:
