@@ -45,11 +45,11 @@ class HostMemoryReader:
 
     For a cgroup the total is its limit (or the host's memory when unlimited)
     and the available memory is the limit minus usage plus the file cache the
-    kernel can drop: all of the inactive file cache and half of the active one
-    (in the spirit of MemAvailable, which does not count on the hottest page
-    cache either). A cgroup that holds QEMUs holds their file cache too: in
-    the lab, reading the guests' shared root put hundreds of MiB of it there,
-    and counting it as used made a cgroup look full that was not.
+    kernel can drop, counted as MemAvailable counts it: all of it, less the
+    smaller of half of it and a low watermark (1 % of the limit). A cgroup that
+    holds QEMUs holds their file cache too: in the lab, reading the guests'
+    shared root put hundreds of MiB of it there, and counting it as used made a
+    cgroup look full that was not.
     """
 
     def __init__(self, cgroup: str = "", proc: Path = Path("/proc")) -> None:
@@ -73,14 +73,16 @@ class HostMemoryReader:
             limit = int((cgroup / "memory.limit_in_bytes").read_text())
             usage = int((cgroup / "memory.usage_in_bytes").read_text())
             stat = _stat_file(cgroup / "memory.stat")
-            inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0)) + stat.get(
-                "total_active_file", stat.get("active_file", 0)) // 2
+            file = stat.get("total_inactive_file", stat.get("inactive_file", 0)) + stat.get(
+                "total_active_file", stat.get("active_file", 0))
         else:
             raw_limit = (cgroup / "memory.max").read_text().strip()
             limit = UNLIMITED if raw_limit == "max" else int(raw_limit)
             usage = int((cgroup / "memory.current").read_text())
             stat = _stat_file(cgroup / "memory.stat")
-            inactive = stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
+            file = stat.get("inactive_file", 0) + stat.get("active_file", 0)
         if limit >= UNLIMITED or limit >= host_total:
-            return HostMemory(host_total, min(host_available, host_total - usage + inactive))
-        return HostMemory(limit, max(0, limit - usage + inactive))
+            droppable = file - min(file // 2, host_total // 100)
+            return HostMemory(host_total, min(host_available, host_total - usage + droppable))
+        droppable = file - min(file // 2, limit // 100)
+        return HostMemory(limit, max(0, limit - usage + droppable))

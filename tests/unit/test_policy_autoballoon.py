@@ -60,7 +60,7 @@ def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
     cut = {gid: 16 * GiB - t for gid, t in out.items()}
     assert abs(sum(cut.values()) - 5 * GiB) < 4 * MiB
     assert cut["t:a"] > cut["t:b"]  # more free memory, more of it capped
-    assert all(c <= 8 * GiB - 32 * MiB for c in cut.values())  # each keeps some free
+    assert all(c <= 8 * GiB - 16 * MiB for c in cut.values())  # each keeps some free
     assert all("cap free memory" in d.reason for d in policy.decide(
         snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
 
@@ -83,8 +83,8 @@ def test_with_free_page_reporting_the_balloon_eats_free_memory_before_cache() ->
     policy = make_policy("autoballoon", free_page_reporting=True)
     a = guest("a", 16 * GiB, 16 * GiB, free=2 * GiB, caches=6 * GiB)
     [decision] = policy.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
-    # 1 GiB short: free memory (2 GiB, less 32 MiB kept) goes first, then 1 GiB of cache
-    assert abs((16 * GiB - decision.target) - (2 * GiB - 32 * MiB + GiB)) < 4 * MiB
+    # 1 GiB short: free memory (2 GiB, less 16 MiB kept) goes first, then 1 GiB of cache
+    assert abs((16 * GiB - decision.target) - (2 * GiB - 16 * MiB + GiB)) < 4 * MiB
     without = make_policy("autoballoon", free_page_reporting=False)
     [plain] = without.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
     # without FPR the free memory the guest touched once is resident: taking it frees it;
@@ -127,7 +127,7 @@ def test_pressure_grants_never_exceed_what_the_host_can_pay() -> None:
     policy = make_policy("autoballoon")
     out = targets(policy.decide(snapshot([hungry, exposed], total=TOTAL, available=6 * GiB),
                                 guest_event()))
-    assert 8 * GiB - out["t:c"] == 3 * GiB - 32 * MiB
+    assert 8 * GiB - out["t:c"] == 3 * GiB - 16 * MiB
     assert 4 * GiB < out["t:a"] <= 5 * GiB
 
 
