@@ -268,7 +268,8 @@ def boot(configs: list[GuestConfig], scenario: Scenario, tries: int = 2) -> Iter
             return
 
 
-def run_config(name: str, scenario: Scenario, verbose: bool) -> RunResult:
+def run_config(name: str, scenario: Scenario, verbose: bool,
+               keep_logs: Path | None = None) -> RunResult:
     from autoballoon_lab import GuestConfig
     from autoballoon_lab.daemonproc import DaemonProcess
 
@@ -298,6 +299,12 @@ def run_config(name: str, scenario: Scenario, verbose: bool) -> RunResult:
                     observe(lab, scenario, result)
                 count_actions(daemon, result, started_wall)
                 result.balloons_end_mib = balloon_sizes(lab)  # QMP is free again
+                if keep_logs is not None:
+                    keep_logs.mkdir(parents=True, exist_ok=True)
+                    stem = f"{scenario.name}-{name}-{int(started_wall)}"
+                    (keep_logs / f"{stem}.log").write_text(daemon.log())
+                    (keep_logs / f"{stem}.audit.jsonl").write_text(
+                        daemon.audit_log.read_text() if daemon.audit_log.exists() else "")
                 if verbose:
                     print(daemon.log()[-4000:], file=sys.stderr)
             else:
@@ -383,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every configuration this many times (rounds in turn)")
     parser.add_argument("--verbose", action="store_true",
                         help="print guest markers and the daemon log tail on stderr")
+    parser.add_argument("--keep-logs", type=Path,
+                        help="keep each daemon run's log and audit log in this directory")
     parser.add_argument("--guest-program", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.guest_program:
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "static" and scenario.static_cap_mib is None:
                     continue
                 began = time.monotonic()
-                result = run_config(name, scenario, args.verbose)
+                result = run_config(name, scenario, args.verbose, args.keep_logs)
                 if args.repeat > 1:
                     result.config = f"{name} #{attempt}"
                 results.append(result)
