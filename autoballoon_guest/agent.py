@@ -713,7 +713,15 @@ class Agent:
         return max(2.0 * window, 2.0)
 
     def current_level(self, mem: MemInfo, now: float) -> int:
+        """The higher of the PSI and watermark levels.
+
+        A PSI stall counts only while MemAvailable is below twice the target
+        share: a guest stalling with plenty available is refilling page cache
+        it could drop, and more host memory would only be more cache.
+        """
         psi_level = self.psi_level if now - self.psi_time <= self.psi_hold() else NONE
+        if mem.total > 0 and mem.available >= 2 * self.options.target_available * mem.total:
+            psi_level = NONE
         return max(psi_level, self.watermarks.level(mem))
 
     def evaluate(self, now: float) -> dict[str, Any] | None:

@@ -290,15 +290,23 @@ def test_a_much_larger_want_is_sent_before_the_repeat_is_due() -> None:
     assert bigger is not None and bigger["want"] > 1.5 * first["want"]  # type: ignore[operator]
 
 
-def test_a_psi_trigger_makes_pressure_even_when_memory_looks_fine() -> None:
+def test_a_psi_trigger_makes_pressure_before_the_watermarks_see_it() -> None:
     guest, _ = make_agent(min_want=32 * MiB)
-    feed(guest, 0.0, 900)
+    feed(guest, 0.0, 250)  # 24 % available: above the 15 % target, below twice it
     guest.psi_fired(MEDIUM, 1.0)
     sent = guest.evaluate(1.0)
     assert sent is not None and sent["level"] == "medium" and sent["want"] == 32 * MiB
     guest.psi_fired(LOW, 1.5)  # a lower trigger does not lower the level within the hold
     assert guest.current_level(guest.mem, 1.5) == MEDIUM  # type: ignore[arg-type]
     assert guest.current_level(guest.mem, 5.0) == NONE  # type: ignore[arg-type]
+
+
+def test_a_psi_stall_with_plenty_available_is_not_pressure() -> None:
+    guest, _ = make_agent(min_want=32 * MiB)
+    feed(guest, 0.0, 900)  # refilling page cache it could drop
+    guest.psi_fired(CRITICAL, 1.0)
+    assert guest.current_level(guest.mem, 1.0) == NONE  # type: ignore[arg-type]
+    assert guest.evaluate(1.0) is None
 
 
 def test_heartbeats_carry_the_level_the_host_was_told() -> None:
