@@ -51,6 +51,8 @@ QEMU_OVERHEAD = 95 * MiB
 at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
 GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
+OOM_DEFLATE_RATE = 25 * MiB
+"""deflate-on-oom in the lab: BALLOON_CHANGE reports about 20-35 MiB a second apart."""
 WATERMARK = Thresholds(parse_amount("20%"), parse_amount("10%"), parse_amount("5%"),
                        parse_amount("2%"))
 """The lab daemon's watermark source: its defaults, polled every 0.25 s with a 2 s horizon."""
@@ -106,7 +108,8 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None)
     p = params or ModelParams(
         kernel_min=GUEST_KERNEL, kernel_percent=0.0, qemu_overhead=QEMU_OVERHEAD,
         free_page_reporting=fpr, host_base_percent=0.0, restart_delay=1e9,
-        deflate_on_oom=True, pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
+        deflate_on_oom=True, oom_deflate_rate=OOM_DEFLATE_RATE,
+        pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
     max_bytes = np.full(n, float(scenario.guest_mib * MiB))
     model = HostModel(max_bytes, scenario.limit_mib * MiB, np.zeros(n), np.zeros(n), p)
     engine = None
