@@ -79,3 +79,23 @@ def test_stall_time_and_levels_follow_host_usage() -> None:
     calm = model(n=2, total=16 * GiB)
     calm.step(1.0, 1.0, np.full(2, 0.2))
     assert calm.level is PressureLevel.NONE and calm.metrics.host_stall_s == 0.0
+
+
+def test_deflate_on_oom_gives_back_at_its_rate_and_the_workload_waits() -> None:
+    m = model(oom_deflate_rate=100 * MiB)
+    m.target[:] = 1.3 * GiB
+    for t in range(1, 10):
+        m.step(float(t), 1.0, np.full(2, 0.25))
+    before = m.actual.copy()
+    m.step(10.0, 1.0, np.full(2, 0.5))  # wants 2 GiB of demand at once
+    assert np.allclose(m.actual - before, 100 * MiB)
+    assert np.all(m.demand < 0.5 * m.max)  # the allocation waits for the balloon
+    assert np.all(m.kernel + m.demand <= m.actual)
+
+
+def test_a_host_process_over_the_limit_is_killed_before_any_guest() -> None:
+    m = model(total=3 * GiB)
+    m.claim = 2 * GiB
+    m.step(1.0, 1.0, np.full(2, 0.3))
+    assert m.metrics.claim_killed == 1 and m.claim == 0.0
+    assert m.alive.all() and m.metrics.host_oom_kills == 0
