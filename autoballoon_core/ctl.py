@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoballoon_core import bootstrap, control
-from autoballoon_core.config import DAEMON_OPTIONS, ConfigError
+from autoballoon_core import bootstrap, configcheck, control
+from autoballoon_core.config import DAEMON_OPTIONS, DEFAULT_PATH, DROPIN_DIR_NAME, ConfigError
 from autoballoon_core.plugins import PluginError
 
 DEFAULT_SOCKET = next(o.default for o in DAEMON_OPTIONS if o.name == "control_socket")
@@ -63,8 +64,32 @@ def render(status: dict[str, Any]) -> Group:
     return Group(head, table, foot)
 
 
+class NoDaemon(RuntimeError):
+    """Nothing answers on the control socket."""
+
+    def __init__(self, socket_path: str, exc: OSError) -> None:
+        why = exc.strerror or str(exc)
+        super().__init__(
+            f"no daemon answers on {socket_path} ({why}). Start one with "
+            f"`systemctl start autoballoon` or `autoballoond -c CONFIG`, or name the socket "
+            f"of a running one with `autoballoonctl -s SOCKET` ([daemon] control_socket).")
+
+
+def ask(socket_path: str, command: str) -> dict[str, Any]:
+    """One request to the daemon; :class:`NoDaemon` when nothing listens."""
+    try:
+        return control.request(socket_path, command)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NoDaemon(socket_path, exc) from None
+
+
+def plain(text: str) -> str:
+    """``text`` without reStructuredText literal markup (for ``--help``)."""
+    return re.sub(r"``([^`]*)``", r"\1", text)
+
+
 def fetch_status(socket_path: str) -> dict[str, Any]:
-    reply = control.request(socket_path, "status")
+    reply = ask(socket_path, "status")
     if not reply.get("ok"):
         raise RuntimeError(reply.get("error", "status failed"))
     status: dict[str, Any] = reply["status"]
@@ -87,6 +112,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             try:
                 live.update(render(fetch_status(args.socket)))
+            except NoDaemon as exc:
+                live.update(Text(str(exc), "red"))
             except OSError as exc:
                 live.update(Text(f"daemon not reachable at {args.socket}: {exc}", "red"))
             time.sleep(args.interval)
@@ -96,8 +123,18 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         loaded = bootstrap.load(args.config)
-    except (ConfigError, PluginError) as exc:
+    except PluginError as exc:
         print(f"autoballoonctl: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as first:
+        errors = configcheck.problems(args.config) or [first]
+        for error in errors:
+            print(f"autoballoonctl: {configcheck.message(error)}", file=sys.stderr)
+        if errors[0].key == configcheck.NO_KEY and not Path(errors[0].file).exists():
+            print(f"autoballoonctl: name the configuration with -c FILE (default {DEFAULT_PATH}); "
+                  "docs/configuration.md lists every key", file=sys.stderr)
+        if len(errors) > 1:
+            print(f"autoballoonctl: {len(errors)} errors", file=sys.stderr)
         return 2
     config = loaded.config
     print(f"{', '.join(config.files)}: OK — policy {config.policy}, sources "
@@ -114,7 +151,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = control.request(args.socket, "reload")
+    reply = ask(args.socket, "reload")
     if reply.get("ok") and reply.get("reloaded"):
         print("reloaded")
         return 0
@@ -122,27 +159,37 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="autoballoonctl", description=__doc__.splitlines()[0])
-    parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: global options and one subcommand."""
+    parser = argparse.ArgumentParser(prog="autoballoonctl",
+                                     description=plain(__doc__.splitlines()[0]))
+    parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET,
+                        help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="host pressure and every guest's balloon")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     top = sub.add_parser("top", help="a live, refreshing status view")
-    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
     top.set_defaults(func=cmd_top)
     check = sub.add_parser("check-config", help="validate a configuration and exit")
-    check.add_argument("-c", "--config", type=Path, default=None)
+    check.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                       help=f"the main configuration file (default {DEFAULT_PATH}); its "
+                       f"drop-ins in {DROPIN_DIR_NAME}/ beside it are checked too")
     check.set_defaults(func=cmd_check_config)
     reload = sub.add_parser("reload", help="make the daemon re-read its configuration")
     reload.set_defaults(func=cmd_reload)
     plot = sub.add_parser("plot", help="draw an audit log: host pressure, balloons, actions")
     plot.add_argument("log", type=Path, help="the JSON-lines audit log ([daemon] audit_log)")
-    plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"))
+    plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"),
+                      help="the PNG to write (default autoballoon.png)")
     plot.set_defaults(func=cmd_plot)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

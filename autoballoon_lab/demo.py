@@ -23,6 +23,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoballoon_core.ctl import plain
+
 from .cgroup import MemoryCgroup
 from .daemonproc import DaemonProcess
 from .guest import GuestConfig
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoballoon-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="autoballoon-demo",
+                                     description=plain(__doc__.splitlines()[0]))
     parser.add_argument("--path", default="vmpressure-qmp", choices=("vmpressure-qmp",
                                                                      "psi-libvirt"),
                         help="vmpressure-qmp: cgroup v1 vmpressure + raw QMP + seed-levels; "
