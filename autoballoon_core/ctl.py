@@ -33,27 +33,57 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1048576:.0f}"
 
 
+def _ballooned(guest: dict[str, Any]) -> int | None:
+    if guest.get("max") is None or guest.get("actual") is None:
+        return None
+    return max(0, int(guest["max"]) - int(guest["actual"]))
+
+
+def _level_age(status: dict[str, Any]) -> str:
+    since, now = status["host"].get("level_since"), status.get("time")
+    if isinstance(since, int | float) and isinstance(now, int | float) and now >= since:
+        return f" for {now - since:.0f}s"
+    return ""
+
+
+def _after_level(status: dict[str, Any]) -> str:
+    host = status["host"]
+    text = _level_age(status)
+    if host.get("mem_total"):
+        text += f", available {_mib(host['mem_available'])}/{_mib(host['mem_total'])} MiB"
+    return text
+
+
+def host_line(status: dict[str, Any]) -> str:
+    """The host's pressure level now (it falls back after a hold) and its memory."""
+    return f"host pressure now {status['host']['level'].upper()}{_after_level(status)}"
+
+
 def render(status: dict[str, Any]) -> Group:
-    """The status as rich renderables: a host line and a guest table."""
+    """The status as rich renderables: a host line and a guest table.
+
+    ``ballooned`` is how far each balloon is inflated now (max - actual); ``last
+    action`` / ``why`` describe only the last step, which may be small.
+    """
     host = status["host"]
     level = host["level"]
     readings = ", ".join(f"{k}={v:g}" for k, v in sorted(host["readings"].items())[:6])
-    mem = ""
-    if host.get("mem_total"):
-        mem = f"  available {_mib(host['mem_available'])}/{_mib(host['mem_total'])} MiB"
     head = Text.assemble(
-        ("host pressure ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")), mem,
+        ("host pressure now ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")),
+        _after_level(status),
         f"  policy {status['policy']}", ("  DRY RUN" if status["dry_run"] else "", "bold magenta"),
     )
     table = Table(box=None, header_style="bold")
-    for column in ("guest", "max", "actual", "target", "floor", "pressure", "last action", "why"):
-        table.add_column(column, justify="right" if column in {"max", "actual", "target",
-                                                               "floor"} else "left")
+    numeric = {"max", "actual", "ballooned", "target", "floor"}
+    for column in ("guest", "max", "actual", "ballooned", "target", "floor", "pressure",
+                   "last action", "why (last action)"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for guest in sorted(status["guests"], key=lambda g: g["id"]):
         name = guest["id"] + ("" if guest["reachable"] else " (unreachable)")
         age = guest["last_action_age"]
         action = guest["last_action"] + (f" {age:.0f}s ago" if age is not None else "")
-        table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]), _mib(guest["target"]),
+        table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]),
+                      _mib(_ballooned(guest)), _mib(guest["target"]),
                       _mib(guest["floor"]), Text(guest["pressure"],
                                                  LEVEL_STYLE.get(guest["pressure"], "")),
                       action.strip() or "-", guest["last_reason"] or "-")
@@ -86,6 +116,15 @@ def ask(socket_path: str, command: str) -> dict[str, Any]:
 def plain(text: str) -> str:
     """``text`` without reStructuredText literal markup (for ``--help``)."""
     return re.sub(r"``([^`]*)``", r"\1", text)
+
+
+def plain_line(status: dict[str, Any]) -> str:
+    """The status on one line of plain text (for logs and pipes): host, then each guest."""
+    guests = "; ".join(
+        f"{g['id']} {_mib(g['actual'])}/{_mib(g['max'])} MiB"
+        + (f" (ballooned {_mib(_ballooned(g))})" if _ballooned(g) else "")
+        for g in sorted(status["guests"], key=lambda g: g["id"]))
+    return f"{host_line(status)} | {guests or 'no guests'}"
 
 
 def fetch_status(socket_path: str) -> dict[str, Any]:
