@@ -49,8 +49,7 @@ def molecule_missing() -> str:
         return "needs root"
     if not (BIN / "molecule").exists():
         return "molecule is not installed (the project's extra 'ansible')"
-    sys.path.insert(0, str(ROOT))
-    from autoballoon_lab.systemd_vm import unavailable_reason
+    from autoballoon_lab.systemd_vm import unavailable_reason  # installed by `make deps`
 
     return unavailable_reason() or ""
 
