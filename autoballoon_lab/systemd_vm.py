@@ -40,6 +40,7 @@ from .errors import ImageBuildError, LabUnavailable
 from .image import WANTED_MODULES, download_package, find_busybox, kernel_package
 from .kmod import ModuleTree, decompressed
 from .paths import cache_dir
+from .prereq import PROGRAMS
 
 FORMAT_VERSION = "1"
 MODULES = (*WANTED_MODULES, "failover", "net_failover", "virtio_net", "overlay")
@@ -213,7 +214,7 @@ def unavailable_reason() -> str | None:
     """Why a systemd VM cannot run here, or None."""
     for binary in ("qemu-system-x86_64", "ssh", "ssh-keygen", "dpkg-deb"):
         if shutil.which(binary) is None:
-            return f"{binary} not found"
+            return f"{binary} not found (apt-get install {PROGRAMS[binary]})"
     if not Path("/lib/systemd/systemd").exists():
         return "systemd is not installed (/lib/systemd/systemd)"
     if not Path("/usr/sbin/sshd").exists():
