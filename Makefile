@@ -4,9 +4,14 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
 BASE_PYTHON ?= /usr/bin/python3
+# Every program a test or a target runs comes from one of these (the list of
+# programs is autoballoon_lab/prereq.py PROGRAMS; tests/unit/test_prereq.py checks
+# it against this line). --no-install-recommends is deliberate, so nothing that is
+# only recommended may be relied on: libxml2-utils (xmllint, which virt-xml-validate
+# runs) is merely recommended by libvirt-clients.
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
-	libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio openssh-server \
-	openssh-client
+	libvirt-clients libxml2-utils qemu-system-x86 qemu-utils busybox-static cpio \
+	openssh-server openssh-client systemd git
 STAMP := .cache/stamps
 
 .PHONY: all deps venv image demo test test-unit test-integration bench lint ansible-check \

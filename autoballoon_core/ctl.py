@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoballoon_core import bootstrap, control
-from autoballoon_core.config import DAEMON_OPTIONS, ConfigError
+from autoballoon_core import bootstrap, configcheck, control
+from autoballoon_core.config import DAEMON_OPTIONS, DEFAULT_PATH, DROPIN_DIR_NAME, ConfigError
 from autoballoon_core.plugins import PluginError
 
 DEFAULT_SOCKET = next(o.default for o in DAEMON_OPTIONS if o.name == "control_socket")
@@ -32,27 +33,57 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1048576:.0f}"
 
 
+def _ballooned(guest: dict[str, Any]) -> int | None:
+    if guest.get("max") is None or guest.get("actual") is None:
+        return None
+    return max(0, int(guest["max"]) - int(guest["actual"]))
+
+
+def _level_age(status: dict[str, Any]) -> str:
+    since, now = status["host"].get("level_since"), status.get("time")
+    if isinstance(since, int | float) and isinstance(now, int | float) and now >= since:
+        return f" for {now - since:.0f}s"
+    return ""
+
+
+def _after_level(status: dict[str, Any]) -> str:
+    host = status["host"]
+    text = _level_age(status)
+    if host.get("mem_total"):
+        text += f", available {_mib(host['mem_available'])}/{_mib(host['mem_total'])} MiB"
+    return text
+
+
+def host_line(status: dict[str, Any]) -> str:
+    """The host's pressure level now (it falls back after a hold) and its memory."""
+    return f"host pressure now {status['host']['level'].upper()}{_after_level(status)}"
+
+
 def render(status: dict[str, Any]) -> Group:
-    """The status as rich renderables: a host line and a guest table."""
+    """The status as rich renderables: a host line and a guest table.
+
+    ``ballooned`` is how far each balloon is inflated now (max - actual); ``last
+    action`` / ``why`` describe only the last step, which may be small.
+    """
     host = status["host"]
     level = host["level"]
     readings = ", ".join(f"{k}={v:g}" for k, v in sorted(host["readings"].items())[:6])
-    mem = ""
-    if host.get("mem_total"):
-        mem = f"  available {_mib(host['mem_available'])}/{_mib(host['mem_total'])} MiB"
     head = Text.assemble(
-        ("host pressure ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")), mem,
+        ("host pressure now ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")),
+        _after_level(status),
         f"  policy {status['policy']}", ("  DRY RUN" if status["dry_run"] else "", "bold magenta"),
     )
     table = Table(box=None, header_style="bold")
-    for column in ("guest", "max", "actual", "target", "floor", "pressure", "last action", "why"):
-        table.add_column(column, justify="right" if column in {"max", "actual", "target",
-                                                               "floor"} else "left")
+    numeric = {"max", "actual", "ballooned", "target", "floor"}
+    for column in ("guest", "max", "actual", "ballooned", "target", "floor", "pressure",
+                   "last action", "why (last action)"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for guest in sorted(status["guests"], key=lambda g: g["id"]):
         name = guest["id"] + ("" if guest["reachable"] else " (unreachable)")
         age = guest["last_action_age"]
         action = guest["last_action"] + (f" {age:.0f}s ago" if age is not None else "")
-        table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]), _mib(guest["target"]),
+        table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]),
+                      _mib(_ballooned(guest)), _mib(guest["target"]),
                       _mib(guest["floor"]), Text(guest["pressure"],
                                                  LEVEL_STYLE.get(guest["pressure"], "")),
                       action.strip() or "-", guest["last_reason"] or "-")
@@ -63,8 +94,41 @@ def render(status: dict[str, Any]) -> Group:
     return Group(head, table, foot)
 
 
+class NoDaemon(RuntimeError):
+    """Nothing answers on the control socket."""
+
+    def __init__(self, socket_path: str, exc: OSError) -> None:
+        why = exc.strerror or str(exc)
+        super().__init__(
+            f"no daemon answers on {socket_path} ({why}). Start one with "
+            f"`systemctl start autoballoon` or `autoballoond -c CONFIG`, or name the socket "
+            f"of a running one with `autoballoonctl -s SOCKET` ([daemon] control_socket).")
+
+
+def ask(socket_path: str, command: str) -> dict[str, Any]:
+    """One request to the daemon; :class:`NoDaemon` when nothing listens."""
+    try:
+        return control.request(socket_path, command)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NoDaemon(socket_path, exc) from None
+
+
+def plain(text: str) -> str:
+    """``text`` without reStructuredText literal markup (for ``--help``)."""
+    return re.sub(r"``([^`]*)``", r"\1", text)
+
+
+def plain_line(status: dict[str, Any]) -> str:
+    """The status on one line of plain text (for logs and pipes): host, then each guest."""
+    guests = "; ".join(
+        f"{g['id']} {_mib(g['actual'])}/{_mib(g['max'])} MiB"
+        + (f" (ballooned {_mib(_ballooned(g))})" if _ballooned(g) else "")
+        for g in sorted(status["guests"], key=lambda g: g["id"]))
+    return f"{host_line(status)} | {guests or 'no guests'}"
+
+
 def fetch_status(socket_path: str) -> dict[str, Any]:
-    reply = control.request(socket_path, "status")
+    reply = ask(socket_path, "status")
     if not reply.get("ok"):
         raise RuntimeError(reply.get("error", "status failed"))
     status: dict[str, Any] = reply["status"]
@@ -87,6 +151,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             try:
                 live.update(render(fetch_status(args.socket)))
+            except NoDaemon as exc:
+                live.update(Text(str(exc), "red"))
             except OSError as exc:
                 live.update(Text(f"daemon not reachable at {args.socket}: {exc}", "red"))
             time.sleep(args.interval)
@@ -96,8 +162,18 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         loaded = bootstrap.load(args.config)
-    except (ConfigError, PluginError) as exc:
+    except PluginError as exc:
         print(f"autoballoonctl: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as first:
+        errors = configcheck.problems(args.config) or [first]
+        for error in errors:
+            print(f"autoballoonctl: {configcheck.message(error)}", file=sys.stderr)
+        if errors[0].key == configcheck.NO_KEY and not Path(errors[0].file).exists():
+            print(f"autoballoonctl: name the configuration with -c FILE (default {DEFAULT_PATH}); "
+                  "docs/configuration.md lists every key", file=sys.stderr)
+        if len(errors) > 1:
+            print(f"autoballoonctl: {len(errors)} errors", file=sys.stderr)
         return 2
     config = loaded.config
     print(f"{', '.join(config.files)}: OK — policy {config.policy}, sources "
@@ -114,7 +190,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = control.request(args.socket, "reload")
+    reply = ask(args.socket, "reload")
     if reply.get("ok") and reply.get("reloaded"):
         print("reloaded")
         return 0
@@ -122,27 +198,37 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="autoballoonctl", description=__doc__.splitlines()[0])
-    parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: global options and one subcommand."""
+    parser = argparse.ArgumentParser(prog="autoballoonctl",
+                                     description=plain(__doc__.splitlines()[0]))
+    parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET,
+                        help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="host pressure and every guest's balloon")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     top = sub.add_parser("top", help="a live, refreshing status view")
-    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
     top.set_defaults(func=cmd_top)
     check = sub.add_parser("check-config", help="validate a configuration and exit")
-    check.add_argument("-c", "--config", type=Path, default=None)
+    check.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                       help=f"the main configuration file (default {DEFAULT_PATH}); its "
+                       f"drop-ins in {DROPIN_DIR_NAME}/ beside it are checked too")
     check.set_defaults(func=cmd_check_config)
     reload = sub.add_parser("reload", help="make the daemon re-read its configuration")
     reload.set_defaults(func=cmd_reload)
     plot = sub.add_parser("plot", help="draw an audit log: host pressure, balloons, actions")
     plot.add_argument("log", type=Path, help="the JSON-lines audit log ([daemon] audit_log)")
-    plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"))
+    plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"),
+                      help="the PNG to write (default autoballoon.png)")
     plot.set_defaults(func=cmd_plot)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """Draw a run from its JSON-lines audit log (autoballoon_core.audit) as a PNG timeline.
 
-Top: the host pressure level each round saw, with the pressure events per
-second behind it. Below: every guest's actual size and target (MiB) over time,
-with a marker at each action that moved it (down: inflate, up: deflate, x:
-failed or timed out). Guests with the most actions are drawn first; past
-:data:`MAX_GUESTS` the rest are named in the title only.
+Top: the host pressure level each round saw (a line), each host pressure
+event at its own level (a tick: bursts of MEDIUM and CRITICAL events show even
+when the rounds, coalesced, saw a lower level), and the events per second
+behind them. Below: every guest's actual size and target (MiB) over time, with
+a marker at each action that moved it (down: inflate, up: deflate, x: failed or
+timed out). Guests with the most actions are drawn first and widest, so guests
+whose lines coincide show as nested lines; past :data:`MAX_GUESTS` the rest are
+named in the title only.
 
 Matplotlib with the Agg backend (no display needed).
 """
@@ -47,6 +50,7 @@ class Timeline:
     host_times: list[float] = field(default_factory=list)
     host_levels: list[int] = field(default_factory=list)
     host_event_times: list[float] = field(default_factory=list)
+    host_event_levels: list[int] = field(default_factory=list)
     end: float = 0.0
     guests: dict[str, Series] = field(default_factory=lambda: defaultdict(Series))
     rounds: int = 0
@@ -107,6 +111,9 @@ def build_timeline(records: list[dict[str, Any]], skipped: int = 0) -> Timeline:
             timeline.events += 1
             if record.get("guest") is None:
                 timeline.host_event_times.append(t)
+                name = record.get("level")
+                level = LEVELS.get(name) if isinstance(name, str) else None
+                timeline.host_event_levels.append(-1 if level is None else level)
             continue
         timeline.rounds += 1
         host = record.get("host")
@@ -223,31 +230,50 @@ def _draw_host(ax: Any, timeline: Timeline) -> None:
     if timeline.host_times:
         times, levels = _extend(timeline.host_times, [float(v) for v in timeline.host_levels],
                                 timeline.end)
-        ax.step(times, levels, where="post", color="tab:red", label="host pressure")
+        ax.step(times, levels, where="post", color="tab:red", label="level of the rounds")
+    events = [(t, level) for t, level in zip(timeline.host_event_times,
+                                             timeline.host_event_levels, strict=True)
+              if level >= 0]
+    if events:
+        ax.scatter([t for t, _l in events], [level for _t, level in events], marker="|",
+                   s=60, color="tab:purple", alpha=0.5, label="events at their level")
     ax.set_ylim(-0.2, 3.3)
     ax.set_yticks(list(LEVELS.values()), [name.upper() for name in LEVELS])
     ax.set_ylabel("host level")
     ax.grid(True, axis="x", alpha=0.3)
+    if timeline.host_times or events:
+        ax.legend(loc="upper left", fontsize=7)
 
 
 _MARKERS = {"inflate": ("v", "tab:blue"), "deflate": ("^", "tab:green"),
             "failed": ("x", "tab:red")}
 
 
+def line_widths(count: int, widest: float = 4.0, thinnest: float = 1.0) -> list[float]:
+    """Widths from ``widest`` down to ``thinnest``: coinciding lines stay visible, nested."""
+    if count <= 1:
+        return [thinnest + (widest - thinnest) / 2] * count
+    return [widest - (widest - thinnest) * i / (count - 1) for i in range(count)]
+
+
 def _draw_guests(ax: Any, shown: list[tuple[str, Series]], end: float) -> None:
     colors = [f"C{i % 10}" for i in range(len(shown))]
-    for (gid, series), color in zip(shown, colors, strict=True):
+    widths = line_widths(len(shown))
+    for (gid, series), color, width in zip(shown, colors, widths, strict=True):
         if series.times:
             ax.step(*_extend(series.times, series.actual, end), where="post", color=color,
-                    label=f"{gid}")
+                    linewidth=width, label=f"{gid}")
             ax.step(*_extend(series.times, series.target, end), where="post", color=color,
-                    linestyle="--", alpha=0.6)
+                    linestyle="--", linewidth=max(1.0, width / 2), alpha=0.6)
         for kind, (marker, edge) in _MARKERS.items():
             points = [(t, y) for t, y, k in series.marks if k == kind]
             if points:
                 ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker,
                            s=28, color=color, edgecolors=edge, linewidths=0.8, zorder=3)
     ax.set_ylabel("MiB (solid actual, dashed target)")
+    if len(shown) > 1:
+        ax.set_title("guests drawn widest first: equal sizes show as nested lines",
+                     fontsize=8, loc="left")
     ax.grid(True, alpha=0.3)
     if shown:
         ax.legend(loc="upper right", fontsize=7, ncol=2)

@@ -23,6 +23,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoballoon_core.ctl import plain
+
 from .cgroup import MemoryCgroup
 from .daemonproc import DaemonProcess
 from .guest import GuestConfig
@@ -68,11 +70,30 @@ release_step = "64MiB"
 """
 
 
+PLAIN_INTERVAL = 2.0
+
+
 def watch(console: Console, daemon: DaemonProcess, seconds: float, phase: str,
-          cgroup: MemoryCgroup) -> None:
-    from autoballoon_core.ctl import render
+          cgroup: MemoryCgroup, *, plain_interval: float = PLAIN_INTERVAL) -> None:
+    """Show the daemon's status for ``seconds``: a live view on a terminal, else one
+    plain line every ``plain_interval`` seconds (a pipe or a log gets no frames)."""
+    from autoballoon_core.ctl import plain_line, render
 
     deadline = time.monotonic() + seconds
+    if not console.is_terminal:
+        while True:
+            try:
+                line = plain_line(daemon.status())
+            except OSError as exc:
+                line = f"daemon not answering: {exc}"
+            console.print(f"{phase} | cgroup {cgroup.usage() / MIB:.0f}/"
+                          f"{(cgroup.limit_bytes or 0) / MIB:.0f} MiB | {line}",
+                          markup=False, highlight=False, soft_wrap=True)
+            if time.monotonic() + plain_interval > deadline:
+                break
+            time.sleep(plain_interval)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return
     with Live(console=console, refresh_per_second=4) as live:
         while time.monotonic() < deadline:
             try:
@@ -127,9 +148,24 @@ def fill_page_cache(lab: Lab, size_mib: int) -> None:
     writer.wait(timeout=60)
 
 
+def prepare_image(console: Console) -> None:
+    """Build the guest image unless it is cached, and say so: it takes a while once."""
+    from .image import ensure_image, find_busybox, image_key
+    from .paths import cache_dir
+
+    if (cache_dir() / f"image-{image_key(find_busybox())}" / "stamp.json").is_file():
+        return
+    console.print(f"building the guest image once into {cache_dir()}: downloading the Debian "
+                  "kernel package and writing an initramfs (about a minute) ...")
+    started = time.monotonic()
+    ensure_image()
+    console.print(f"guest image built in {time.monotonic() - started:.0f}s")
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     console.rule("[bold]autoballoon demo")
+    prepare_image(console)
     config = GuestConfig(memory_mib=GUEST_MIB, command=TOUCH_COMMAND,
                          free_page_reporting=False)
     limit = GUESTS * (TOUCH_MIB + 120) + CACHE_MIB + 100
@@ -166,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoballoon-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="autoballoon-demo",
+                                     description=plain(__doc__.splitlines()[0]))
     parser.add_argument("--path", default="vmpressure-qmp", choices=("vmpressure-qmp",
                                                                      "psi-libvirt"),
                         help="vmpressure-qmp: cgroup v1 vmpressure + raw QMP + seed-levels; "
@@ -189,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         console = Console()
         console.rule("[bold]autoballoon demo: PSI + watermark + libvirt + autoballoon policy")
+        prepare_image(console)
         return demo_libvirt.run(args, console, TOUCH_COMMAND, watch, summarize)
     return run(args)
 

@@ -11,6 +11,28 @@ import shutil
 from .cgroup import unavailable_reason
 from .errors import LabUnavailable
 
+#: Every program a test or a make target runs, and the Debian package that has it.
+#: The Makefile installs each of these packages (``tests/unit/test_prereq.py``
+#: checks that), so a fresh machine gets them all from ``make test``.
+PROGRAMS: dict[str, str] = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "virt-xml-validate": "libvirt-clients",
+    "xmllint": "libxml2-utils",
+    "virsh": "libvirt-clients",
+    "libvirtd": "libvirt-daemon-system",
+    "virtlogd": "libvirt-daemon-system",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "sshd": "openssh-server",
+    "systemd-analyze": "systemd",
+    "git": "git",
+    "dpkg-deb": "dpkg",
+    "apt-get": "apt",
+    "dd": "coreutils",
+}
+#: Packages every Debian system has (priority required): never in the Makefile.
+ESSENTIAL_PACKAGES = frozenset({"dpkg", "apt", "coreutils"})
+
 
 def in_ci() -> bool:
     """True when the environment variable ``CI`` is ``true``."""
@@ -28,6 +50,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_program(name: str) -> None:
+    """The program ``name`` (a key of :data:`PROGRAMS`) must be on ``PATH``."""
+    package = PROGRAMS[name]
+    require(shutil.which(name) is not None,
+            f"needs {name} (apt-get install {package}; `make deps` does)")
+
+
 def require_root() -> None:
     """The test must run as root."""
     require(os.geteuid() == 0, "needs root")
@@ -35,10 +64,7 @@ def require_root() -> None:
 
 def require_qemu() -> None:
     """QEMU (x86_64 system emulator) must be installed."""
-    require(
-        shutil.which("qemu-system-x86_64") is not None,
-        "needs qemu-system-x86_64 (apt-get install qemu-system-x86)",
-    )
+    require_program("qemu-system-x86_64")
 
 
 def require_busybox() -> None:

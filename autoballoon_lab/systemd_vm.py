@@ -40,6 +40,7 @@ from .errors import ImageBuildError, LabUnavailable
 from .image import WANTED_MODULES, download_package, find_busybox, kernel_package
 from .kmod import ModuleTree, decompressed
 from .paths import cache_dir
+from .prereq import PROGRAMS
 
 FORMAT_VERSION = "1"
 MODULES = (*WANTED_MODULES, "failover", "net_failover", "virtio_net", "overlay")
@@ -76,6 +77,10 @@ mkdir -p /upper/data /upper/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work /newroot \
     || fail "overlay mount failed"
 R=/newroot
+# A private /tmp: at boot systemd-tmpfiles empties /tmp, which through the overlay
+# means whiting out every file of the host's /tmp, one by one over 9p (minutes when
+# the host's /tmp is busy). The host's /tmp is none of the VM's business.
+mount -t tmpfs -o mode=1777,nosuid,nodev,size=25% tmpfs "$R/tmp" || fail "tmpfs on /tmp"
 name=$(param ab.hostname || echo autoballoon-vm)
 echo "$name" >"$R/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$name" >"$R/etc/hosts"
@@ -209,7 +214,7 @@ def unavailable_reason() -> str | None:
     """Why a systemd VM cannot run here, or None."""
     for binary in ("qemu-system-x86_64", "ssh", "ssh-keygen", "dpkg-deb"):
         if shutil.which(binary) is None:
-            return f"{binary} not found"
+            return f"{binary} not found (apt-get install {PROGRAMS[binary]})"
     if not Path("/lib/systemd/systemd").exists():
         return "systemd is not installed (/lib/systemd/systemd)"
     if not Path("/usr/sbin/sshd").exists():
@@ -257,7 +262,7 @@ def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFA
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
-            raise ImageBuildError(f"the VM's QEMU exited; console: {console}")
+            raise ImageBuildError(f"the VM's QEMU exited{_console_report(console)}")
         try:
             if _ssh_ready(state, key, port):
                 return connection
@@ -265,7 +270,30 @@ def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFA
             pass
         time.sleep(2)
     stop(state)
-    raise TimeoutError(f"the VM did not answer over SSH within {timeout:g} s; see {console}")
+    raise TimeoutError(f"the VM did not answer over SSH within {timeout:g} s"
+                       f"{_console_report(console)}")
+
+
+def failed_console_log() -> Path:
+    """Where the console log of the last VM that failed to come up is kept.
+
+    The state directory is often temporary (molecule deletes its ephemeral
+    directory when ``create`` fails), so the log is copied to the cache.
+    """
+    return cache_dir() / "systemd-vm-failed-console.log"
+
+
+def _console_report(console: Path, lines: int = 25) -> str:
+    """The console's last ``lines`` lines and where a copy of all of it is kept."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError as exc:
+        return f"; no console log ({exc})"
+    kept = failed_console_log()
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(text)
+    tail = "\n".join(f"  | {line}" for line in text.splitlines()[-lines:]) or "  | (empty)"
+    return f"; the console log is kept in {kept}; its last lines:\n{tail}"
 
 
 def _alive(pid: int) -> bool:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Check the Ansible collection autoballoon.kvm the way Galaxy users' CI would.
 
-Copies ``ansible_collection/`` into a temporary
-``ansible_collections/autoballoon/kvm`` tree (ansible-test only runs from such
-a path) and runs there, in order:
+Copies ``ansible_collection/`` into an ``ansible_collections/autoballoon/kvm``
+tree under ``.cache/ansible-test/tree`` (ansible-test only runs from such a
+path) and runs there, in order:
 
 1. ``ansible-test sanity`` (the controller and target Python given by
    ``--python``, default 3.11), with ``--venv --requirements``: ansible-test
@@ -15,7 +15,11 @@ a path) and runs there, in order:
    so PyPI is the only network source;
 2. ``ansible-test units`` (the collection's ``tests/unit``; its
    ``tests/unit/requirements.txt`` brings libvirt-python, which builds against
-   the Debian packages ``libvirt-dev`` and ``pkg-config``);
+   the Debian packages ``libvirt-dev`` and ``pkg-config``). ansible-test keeps
+   that virtualenv in the tree's ``tests/output/.tmp/delegation``: the tree's
+   path stays the same and ``tests/output`` is kept from run to run (the rest
+   is copied afresh), so the virtualenv is created and filled once, and later
+   runs only check its requirements;
 3. ``ansible-lint --profile production`` on the collection.
 
 Exit status: 0 when all passed, 1 when one failed, 2 when a tool is missing.
@@ -29,7 +33,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +45,8 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "outpu
                                  "*.tar.gz")
 STEPS = ("sanity", "units", "lint")
 CACHE_HOME = ROOT / ".cache" / "ansible-test"
+TREE_BASE = CACHE_HOME / "tree"
+KEPT = ("tests", "output")  # ansible-test's output, with the units virtualenv
 
 GET_PIP_STANDIN = '''"""Stand-in for get-pip.py written by autoballoon's tools/ansible_checks.py.
 
@@ -117,13 +122,41 @@ def environment(base: Path) -> dict[str, str]:
     return env
 
 
+def refresh_tree(base: Path, source: Path = COLLECTION) -> Path:
+    """Copy the collection afresh to ``base/ansible_collections/<ns>/<name>``, keeping
+    only its ``tests/output`` from the last run; return the tree."""
+    target = base / "ansible_collections" / NAMESPACE / NAME
+    if target.exists():
+        for child in target.iterdir():
+            if child.name != KEPT[0]:
+                _remove(child)
+        for child in (target / KEPT[0]).iterdir() if (target / KEPT[0]).is_dir() else ():
+            if child.name != KEPT[1]:
+                _remove(child)
+    shutil.copytree(source, target, ignore=IGNORED, dirs_exist_ok=True)
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def run(steps: Sequence[str], python: str, keep: bool) -> int:
-    base = Path(tempfile.mkdtemp(prefix="autoballoon-ansible-"))
+    import fcntl
+
+    base = TREE_BASE
+    base.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
-    try:
-        tree = build_tree(base)
+    with (base.parent / "tree.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses the tree
+        tree = refresh_tree(base)
         if shutil.which("git"):  # ansible-test then lists exactly the collection's files
             subprocess.run(["git", "init", "-q", str(tree)], check=False)
+            (tree / ".git" / "info").mkdir(parents=True, exist_ok=True)
+            (tree / ".git" / "info" / "exclude").write_text("/tests/output/\n")
             subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
         env = environment(base)
         seed_get_pip(CACHE_HOME, python)
@@ -141,11 +174,8 @@ def run(steps: Sequence[str], python: str, keep: bool) -> int:
             print(f"== {step}: {status} in {took:.1f} s", flush=True)
             if result.returncode != 0:
                 failed.append(step)
-    finally:
-        if keep:
-            print(f"ansible_checks: tree kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    if keep:
+        print(f"ansible_checks: the tree is {tree}")
     if failed:
         print(f"ansible_checks: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -158,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default="3.11", help="Python version for ansible-test")
     parser.add_argument("--only", choices=STEPS, action="append",
                         help="run only this step (repeatable)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    parser.add_argument("--keep", action="store_true",
+                        help="print where the tree is (it is always kept, in the cache)")
     args = parser.parse_args(argv)
     return run(args.only or list(STEPS), args.python, args.keep)
 

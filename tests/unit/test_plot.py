@@ -119,3 +119,49 @@ async def test_many_guests_are_capped(tmp_path: Path) -> None:
     assert len(timeline.guests) == MAX_GUESTS + 3
     plot_audit(log, tmp_path / "x.png")
     assert png_size(tmp_path / "x.png")[0] > 0
+
+
+def _axes() -> object:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    return fig, ax
+
+
+async def test_host_events_are_drawn_at_their_own_level(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from autoballoon_core.plot import _draw_host
+
+    log = tmp_path / "audit.jsonl"
+    await write_log(log)
+    timeline = build_timeline(read_records(log)[0])
+    assert timeline.host_event_levels == [2, 3, 1]  # MEDIUM, CRITICAL, LOW
+    fig, ax = _axes()  # type: ignore[misc]
+    try:
+        _draw_host(ax, timeline)
+        drawn = {float(y) for collection in ax.collections for _x, y in collection.get_offsets()}
+        assert {1.0, 2.0, 3.0} <= drawn
+    finally:
+        plt.close(fig)
+
+
+def test_coinciding_guest_lines_stay_visible() -> None:
+    import matplotlib.pyplot as plt
+
+    from autoballoon_core.plot import Series, _draw_guests
+
+    same = [Series(times=[0.0, 5.0], actual=[512.0, 384.0], target=[512.0, 384.0])
+            for _ in range(3)]
+    fig, ax = _axes()  # type: ignore[misc]
+    try:
+        _draw_guests(ax, [(f"g{i}", s) for i, s in enumerate(same)], 10.0)
+        solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        widths = [line.get_linewidth() for line in solid]
+        assert len(widths) == 3 and widths == sorted(widths, reverse=True)
+        assert len(set(widths)) == 3, widths
+    finally:
+        plt.close(fig)

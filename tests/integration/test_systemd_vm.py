@@ -1,0 +1,73 @@
+"""The systemd lab VM (what molecule converges the Ansible roles on), booted for real.
+
+The VM's root is this machine's root under an overlay; its /tmp must be a
+tmpfs of its own, or systemd-tmpfiles empties the host's /tmp through the
+overlay at boot (slow enough on a busy /tmp to miss the SSH timeout). When the
+VM does not come up, the error must show the console and point at a copy that
+survives the deletion of the state directory (molecule deletes its own).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autoballoon_lab import systemd_vm
+from autoballoon_lab.prereq import require, require_busybox, require_root
+
+pytestmark = pytest.mark.integration
+
+
+def _require_vm() -> None:
+    require_root()
+    require_busybox()
+    reason = systemd_vm.unavailable_reason()
+    require(reason is None, f"no systemd VM: {reason}")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "vm"
+    try:
+        yield directory
+    finally:
+        systemd_vm.stop(directory)
+
+
+def _ssh(connection: systemd_vm.Connection, state: Path, command: str) -> str:
+    result = subprocess.run(
+        ["ssh", "-i", connection.identity_file, "-p", str(connection.port),
+         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+         "-o", f"UserKnownHostsFile={state / 'known_hosts'}",
+         f"{connection.user}@{connection.address}", command],
+        capture_output=True, text=True, timeout=120, check=True)
+    return result.stdout
+
+
+def test_the_vm_has_a_private_tmp(state: Path) -> None:
+    _require_vm()
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="autoballoon-host-tmp-") as marker:
+        connection = systemd_vm.start(state)
+        answer = _ssh(connection, state,
+                      f"findmnt -n -o FSTYPE --target /tmp; "
+                      f"test -e {marker.name} && echo visible || echo hidden")
+        assert answer.split() == ["tmpfs", "hidden"], answer
+        assert Path(marker.name).exists()
+
+
+def test_a_boot_timeout_keeps_the_console_log(state: Path) -> None:
+    _require_vm()
+    kept = systemd_vm.failed_console_log()
+    kept.unlink(missing_ok=True)
+    with pytest.raises(TimeoutError) as caught:
+        systemd_vm.start(state, timeout=1.0)
+    shutil.rmtree(state)  # what molecule does with its ephemeral directory
+    message = str(caught.value)
+    assert f"the console log is kept in {kept}" in message, message
+    assert kept.is_file()
+    assert "  | " in message  # the console's last lines (or "(empty)") are in the message
