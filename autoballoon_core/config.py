@@ -24,11 +24,16 @@ DROPIN_DIR_NAME = "autoballoon.d"
 BUILTIN_FILE = "<defaults>"
 
 
+WHOLE_FILE = "-"
+"""The key of a ConfigError about a whole file (missing, unreadable, not TOML)."""
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; ``str()`` is the operator's message."""
 
     def __init__(self, file: str, key: str, message: str) -> None:
-        super().__init__(f"{file}: {key}: {message}")
+        super().__init__(f"{file}: {message}" if key == WHOLE_FILE else
+                         f"{file}: {key}: {message}")
         self.file = file
         self.key = key
 
@@ -244,17 +249,17 @@ def read_raw(paths: Sequence[Path], *, main_optional: bool = False) -> _Raw:
         except FileNotFoundError:
             if index == 0 and main_optional:
                 continue
-            raise ConfigError(str(path), "-", "file not found") from None
+            raise ConfigError(str(path), WHOLE_FILE, "file not found") from None
         except OSError as exc:
-            raise ConfigError(str(path), "-", f"cannot read: {exc.strerror}") from None
+            raise ConfigError(str(path), WHOLE_FILE, f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), "-", f"not valid TOML: {exc}") from None
+            raise ConfigError(str(path), WHOLE_FILE, f"not valid TOML: {exc}") from None
         except RecursionError:
-            raise ConfigError(str(path), "-", "not valid TOML: nested too deeply") from None
+            raise ConfigError(str(path), WHOLE_FILE, "not valid TOML: nested too deeply") from None
         try:
             raw.merge(table, str(path))
         except RecursionError:
-            raise ConfigError(str(path), "-", "tables nested too deeply") from None
+            raise ConfigError(str(path), WHOLE_FILE, "tables nested too deeply") from None
     return raw
 
 

@@ -18,15 +18,12 @@ from autoballoon_core import config as configuration
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 
 MAX_ERRORS = 100
-NO_KEY = "-"  # what ConfigError says when a problem is the whole file
+NO_KEY = configuration.WHOLE_FILE
 
 
 def message(error: configuration.ConfigError) -> str:
     """The error for an operator: ``FILE: KEY: what is wrong`` (``FILE: ...`` for a file)."""
-    text = str(error)
-    if error.key == NO_KEY:
-        return f"{error.file}: " + text.removeprefix(f"{error.file}: {NO_KEY}: ")
-    return text
+    return str(error)
 
 
 def split_key(dotted: str) -> list[str]:

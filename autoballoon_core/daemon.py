@@ -36,7 +36,9 @@ EXIT_START = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="autoballoond", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="autoballoond", description="The autoballoon host daemon: watches memory pressure "
+        "and sets the guests' balloons.")
     parser.add_argument("-c", "--config", type=Path, default=None,
                         help="main config file (default /etc/autoballoon/autoballoon.toml; "
                         "autoballoon.d/*.toml beside it are read too)")

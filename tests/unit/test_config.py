@@ -80,7 +80,7 @@ def test_errors_name_file_key_and_what_is_allowed(
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[engine\n")
-    with pytest.raises(ConfigError, match=f"{path}: -: not valid TOML"):
+    with pytest.raises(ConfigError, match=f"{path}: not valid TOML"):
         bootstrap.load(path)
 
 
