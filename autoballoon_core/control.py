@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,11 @@ from typing import Any
 log = logging.getLogger("autoballoon.control")
 
 MAX_REQUEST = 64 * 1024
+"""Longest request line, its newline included; longer ones get ``request too long``."""
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects in a request; deeper ones are refused unparsed."""
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+"""A string (possibly unclosed: it then runs to the end, so the scan stays linear) or a bracket."""
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -73,10 +79,9 @@ class ControlServer:
                 await writer.wait_closed()
 
     async def _dispatch(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return {"ok": False, "error": "not a JSON object"}
+        request, error = parse_request(line)
+        if error:
+            return {"ok": False, "error": error}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": "expected {\"cmd\": ...}"}
         handler = self.handlers.get(request["cmd"])
@@ -87,6 +92,42 @@ class ControlServer:
         except Exception as exc:
             log.exception("control command %s failed", request["cmd"])
             return {"ok": False, "error": str(exc)}
+
+
+def nesting(line: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``line``, strings skipped.
+
+    One linear regular-expression scan, no recursion: it bounds what
+    :func:`json.loads` (which recurses once per level) is ever given.
+    """
+    depth = deepest = 0
+    for match in _TOKEN.finditer(line):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_request(line: bytes) -> tuple[Any, str]:
+    """The decoded request, or an error message for the reply; never raises.
+
+    Refused: nesting deeper than :data:`MAX_DEPTH`, invalid UTF-8 or JSON,
+    ``NaN``/``Infinity``, and integers longer than Python converts (its
+    ``int_max_str_digits`` limit, a ValueError).
+    """
+    if nesting(line) > MAX_DEPTH:
+        return None, f"request nested deeper than {MAX_DEPTH} levels"
+    try:
+        return json.loads(line, parse_constant=_no_constant), ""
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and int-size errors
+        return None, f"not a JSON object: {str(exc)[:80]}"
 
 
 async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
