@@ -19,15 +19,28 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
-    def allow(self, now: float) -> bool:
-        """Take one token if there is one."""
+    def _refill(self, now: float) -> None:
         if now > self._stamp:
             self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
+
+    def allow(self, now: float) -> bool:
+        """Take one token if there is one."""
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+    def available(self, now: float) -> int:
+        """Whole tokens there are at ``now`` (none is taken)."""
+        self._refill(now)
+        return int(self._tokens)
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` until a whole token is there (0 when one is)."""
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
 
     @property
     def tokens(self) -> float:

@@ -1,13 +1,15 @@
 """The ``guest-channel`` pressure source: one agent connection per guest.
 
 For every guest with an agent channel (a unix socket on which QEMU is the
-server, ``server=on,wait=off``) a task connects, reads bounded chunks, splits
-them into bounded lines and hands each line, if the guest's token bucket
-allows, to the pure parser. Valid ``pressure`` messages become
+server, ``server=on,wait=off``) a task connects; each chunk read is split into
+bounded lines, and each line, while the guest's token bucket allows, goes to
+the pure parser. Once the bucket is empty, the rest of the chunk is refused in
+bulk and the channel is not read again until the next token is due
+(back-pressure into QEMU and the guest). Valid ``pressure`` messages become
 :class:`PressureEvent` s for that guest; everything else is counted per guest
 and per reason, and logged at most once per ``log_interval`` per guest.
 A guest can only ever affect its own events: its link has its own buffer,
-bucket and counters, and yields to the loop after every chunk.
+bucket and counters, and the loop handles one chunk per read.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from .protocol import (
 from .ratelimit import TokenBucket
 
 NAME = "guest-channel"
-READ_CHUNK = 16 * 1024
 INITIAL_BACKOFF = 0.1
 TEMPLATE_FIELDS = ("id", "name", "backend")
 
@@ -135,27 +136,49 @@ class GuestLink:
         self._unlogged = 0
         self._last_drop: Drop | None = None
         self._warned_connect = False
+        self.pauses = 0
+        self.paused = False
+        self._too_long = Drop(DropReason.TOO_LONG, f"over {settings.max_line} bytes")
+        self._rate_detail = f"over {settings.rate:g}/s, burst {settings.burst}"
 
     # -- bytes in ------------------------------------------------------------------
 
     def feed(self, data: bytes, now: float) -> None:
-        """Take a chunk of the stream; ``now`` is when it was read."""
-        for item in self._splitter.feed(data):
-            if item is TOO_LONG:
-                self._dropped(Drop(DropReason.TOO_LONG, f"over {self.settings.max_line} bytes"),
-                              now)
-                continue
-            if not self._bucket.allow(now):
-                self._dropped(Drop(DropReason.RATE_LIMITED,
-                                   f"over {self.settings.rate:g}/s, burst {self.settings.burst}"),
-                              now)
-                continue
-            assert isinstance(item, bytes)
-            result = parse_line(item, self.settings.max_line)
-            if isinstance(result, Drop):
-                self._dropped(result, now)
-            else:
-                self._accept(result, now)
+        """Take a chunk of the stream; ``now`` is when it was read.
+
+        Lines are split and parsed only while the guest's bucket has tokens;
+        once it is empty, every line that ends in the rest of the chunk is
+        refused in bulk (counted as ``rate-limited`` with one scan, whatever
+        it held): refusing costs the host no work per line.
+        """
+        pos = 0
+        end = len(data)
+        while pos < end:
+            budget = self._bucket.available(now)
+            if budget == 0:
+                lines, too_long = self._splitter.discard(data, pos)
+                if lines:
+                    self._dropped(Drop(DropReason.RATE_LIMITED, self._rate_detail), now, lines)
+                if too_long:
+                    self._dropped(self._too_long, now)
+                return
+            items, pos = self._splitter.feed_some(data, pos, budget)
+            for item in items:
+                if item is TOO_LONG:
+                    self._dropped(self._too_long, now)
+                elif not self._bucket.allow(now):  # cannot happen: ``budget`` tokens were there
+                    self._dropped(Drop(DropReason.RATE_LIMITED, self._rate_detail), now)
+                else:
+                    assert isinstance(item, bytes)
+                    result = parse_line(item, self.settings.max_line)
+                    if isinstance(result, Drop):
+                        self._dropped(result, now)
+                    else:
+                        self._accept(result, now)
+
+    def starved(self, now: float) -> float:
+        """Seconds until the guest's bucket has a token again (0: it has one)."""
+        return self._bucket.wait(now)
 
     def reset_stream(self) -> None:
         """Forget a partial line (the connection was closed)."""
@@ -194,9 +217,9 @@ class GuestLink:
         except Exception:
             log.exception("emitting an event of guest %s failed", self.guest)
 
-    def _dropped(self, drop: Drop, now: float) -> None:
-        self.drops[drop.reason.value] += 1
-        self._unlogged += 1
+    def _dropped(self, drop: Drop, now: float, count: int = 1) -> None:
+        self.drops[drop.reason.value] += count
+        self._unlogged += count
         self._last_drop = drop
         if now - self._last_log >= self.settings.log_interval:
             log.warning(
@@ -212,12 +235,12 @@ class GuestLink:
 
     async def run(self) -> None:
         """Connect, read until EOF, reconnect with back-off; until cancelled."""
+        loop = asyncio.get_running_loop()
         delay = INITIAL_BACKOFF
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(
-                    self.path, limit=max(self.settings.max_line, READ_CHUNK)
-                )
+                transport, channel = await loop.create_unix_connection(
+                    lambda: _Channel(self, loop), self.path)
             except ValueError as exc:  # e.g. a NUL byte in the path: retrying cannot help
                 log.error("guest %s: bad agent channel path %r: %s", self.guest, self.path, exc)
                 return
@@ -235,27 +258,18 @@ class GuestLink:
             delay = INITIAL_BACKOFF
             log.info("guest %s: agent channel %s connected", self.guest, self.path)
             try:
-                await self._read(reader)
-            except (OSError, ConnectionError) as exc:
-                log.info("guest %s: agent channel failed: %s", self.guest, exc)
+                error = await channel.closed
+                if error is not None:
+                    log.info("guest %s: agent channel failed: %s", self.guest, error)
             finally:
                 self.connected = False
+                self.paused = False
                 self.reset_stream()
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                transport.close()
+                channel.stop()
             log.info("guest %s: agent channel closed; reconnecting", self.guest)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max)
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                return
-            self.feed(data, self.clock())
-            # A flooding guest must not hold the loop: one chunk per turn.
-            await asyncio.sleep(0)
 
     def describe(self) -> dict[str, Any]:
         now = self.clock()
@@ -266,6 +280,8 @@ class GuestLink:
             "messages": dict(self.messages),
             "dropped": dict(self.drops),
             "events": self.events,
+            "paused": self.paused,
+            "pauses": self.pauses,
             "seq_gaps": self.seq_gaps,
             "level": self.level.name.lower(),
         }
@@ -287,6 +303,59 @@ class GuestLink:
                 "want": self.pressure.want,
             }
         return view
+
+
+class _Channel(asyncio.Protocol):
+    """One connection's reading, with back-pressure from the guest's token bucket.
+
+    Every chunk the transport reads goes to :meth:`GuestLink.feed` at once.
+    When the guest's bucket is then empty, the transport stops reading (its
+    socket's reader is removed from the loop) until the next token is due:
+    the channel's socket buffer fills, QEMU stops taking data from the
+    virtio-serial port, and the guest's writes block. A flooding guest costs
+    one read per token, not one per chunk it manages to write.
+    """
+
+    def __init__(self, link: GuestLink, loop: asyncio.AbstractEventLoop) -> None:
+        self.link = link
+        self.loop = loop
+        self.closed: asyncio.Future[Exception | None] = loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._resume: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        now = link.clock()
+        link.feed(data, now)
+        wait = link.starved(now)
+        if wait > 0 and self._resume is None and self._transport is not None:
+            self._transport.pause_reading()
+            link.paused = True
+            link.pauses += 1
+            self._resume = self.loop.call_at(self.loop.time() + wait, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        self.link.paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def stop(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
 
 
 class GuestChannelSource(PressureSource):
