@@ -19,6 +19,7 @@ import collections
 import contextlib
 import functools
 import logging
+import socket
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,8 @@ from .protocol import (
 from .ratelimit import TokenBucket
 
 NAME = "guest-channel"
+READ_CHUNK = 16 * 1024
+"""Bytes read per call of a channel's reader: a flooding guest's cost per token."""
 INITIAL_BACKOFF = 0.1
 TEMPLATE_FIELDS = ("id", "name", "backend")
 
@@ -238,13 +241,16 @@ class GuestLink:
         loop = asyncio.get_running_loop()
         delay = INITIAL_BACKOFF
         while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                transport, channel = await loop.create_unix_connection(
-                    lambda: _Channel(self, loop), self.path)
+                await loop.sock_connect(sock, self.path)
             except ValueError as exc:  # e.g. a NUL byte in the path: retrying cannot help
+                sock.close()
                 log.error("guest %s: bad agent channel path %r: %s", self.guest, self.path, exc)
                 return
             except OSError as exc:
+                sock.close()
                 if not self._warned_connect:
                     log.info("guest %s: agent channel %s not connectable (%s); retrying",
                              self.guest, self.path, exc.strerror or exc)
@@ -252,6 +258,10 @@ class GuestLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max)
                 continue
+            except BaseException:
+                sock.close()
+                raise
+            channel = _Channel(self, loop, sock)
             self.connected = True
             self.connects += 1
             self._warned_connect = False
@@ -265,8 +275,8 @@ class GuestLink:
                 self.connected = False
                 self.paused = False
                 self.reset_stream()
-                transport.close()
                 channel.stop()
+                sock.close()
             log.info("guest %s: agent channel closed; reconnecting", self.guest)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max)
@@ -305,54 +315,74 @@ class GuestLink:
         return view
 
 
-class _Channel(asyncio.Protocol):
+class _Channel:
     """One connection's reading, with back-pressure from the guest's token bucket.
 
-    Every chunk the transport reads goes to :meth:`GuestLink.feed` at once.
-    When the guest's bucket is then empty, the transport stops reading (its
-    socket's reader is removed from the loop) until the next token is due:
-    the channel's socket buffer fills, QEMU stops taking data from the
-    virtio-serial port, and the guest's writes block. A flooding guest costs
-    one read per token, not one per chunk it manages to write.
+    The socket's reader callback reads one chunk (at most :data:`READ_CHUNK`
+    bytes) per call and gives it to :meth:`GuestLink.feed`. When the guest's
+    bucket is then empty, the reader is removed from the loop until the next
+    token is due (``loop.call_at`` puts it back): the socket buffer fills,
+    QEMU stops taking data from the virtio-serial port, and the guest's writes
+    block. A flooding guest costs one small read per token, not one per chunk
+    it manages to write.
     """
 
-    def __init__(self, link: GuestLink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, link: GuestLink, loop: asyncio.AbstractEventLoop,
+                 sock: socket.socket) -> None:
         self.link = link
         self.loop = loop
+        self.sock = sock
         self.closed: asyncio.Future[Exception | None] = loop.create_future()
-        self._transport: asyncio.Transport | None = None
         self._resume: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._start_reading()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        link = self.link
-        now = link.clock()
-        link.feed(data, now)
-        wait = link.starved(now)
-        if wait > 0 and self._resume is None and self._transport is not None:
-            self._transport.pause_reading()
-            link.paused = True
-            link.pauses += 1
-            self._resume = self.loop.call_at(self.loop.time() + wait, self._resume_reading)
-
-    def _resume_reading(self) -> None:
+    def _start_reading(self) -> None:
         self._resume = None
         self.link.paused = False
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if not self.closed.done():
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._reading = True
 
-    def eof_received(self) -> bool:
-        return False  # close the transport
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        if not data:
+            self._finish(None)
+            return
+        link = self.link
+        now = link.clock()
+        try:
+            link.feed(data, now)
+        except Exception as exc:  # a bug, not the guest's input: end this connection only
+            log.exception("guest %s: reading the agent channel failed", link.guest)
+            self._finish(exc)
+            return
+        wait = link.starved(now)
+        if wait > 0:
+            self._stop_reading()
+            link.paused = True
+            link.pauses += 1
+            self._resume = self.loop.call_at(self.loop.time() + wait, self._start_reading)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _finish(self, exc: Exception | None) -> None:
         self.stop()
         if not self.closed.done():
             self.closed.set_result(exc)
 
     def stop(self) -> None:
+        """Stop reading for good (idempotent); the caller closes the socket."""
+        self._stop_reading()
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
