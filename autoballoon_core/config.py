@@ -36,6 +36,9 @@ class ConfigError(ValueError):
 DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("control_socket", Kind.STR, "/run/autoballoon/control.sock",
            "Path of the control socket (created with mode 0600)."),
+    Option("control_socket_group", Kind.STR, "",
+           "Group given the control socket, with mode 0660 (e.g. `kvm` for oVirt's VDSM "
+           "hooks); its members may send `ping` and `hint` only. Empty: root only."),
     Option("audit_log", Kind.STR, "",
            "JSON-lines audit log of every event and decision; empty: none. Reopened when "
            "moved away (logrotate) and on SIGHUP."),

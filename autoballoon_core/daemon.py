@@ -103,10 +103,10 @@ class Daemon:
         self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
             "ping": self._ping, "status": self._status, "reload": self._reload_command,
             "hint": self._hint,
-        })
+        }, group=self.loaded.config.daemon["control_socket_group"])
         try:
             await self.control.start()
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot open the control socket: %s", exc)
             await self.engine.stop()
             return EXIT_START
