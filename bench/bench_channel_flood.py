@@ -3,14 +3,17 @@
 The bench plays QEMU's side of each guest's agent chardev (QEMU is the server
 of the unix socket, the host's ``guest-channel`` source connects to it) and,
 once the flood starts, writes ``b"\\n"`` in 64 KiB blocks as fast as the socket
-takes them, from one thread per guest (``yes '' > /dev/vport…`` in the guest).
+takes them, from one thread per guest (``yes '' > /dev/vport…`` in the guest),
+in a process of its own.
 Two measurements, each a quiet phase and then a flood phase of ``--seconds``:
 
 1. **in-process** (the issue's figure): a child process runs the real
    :class:`GuestChannelSource` on a real asyncio loop, connected to the 16
    sockets, beside a task that sleeps 10 ms in a loop and records how late
    each wake-up is. Printed: p50/p99/max lateness and the child's CPU
-   (``getrusage``: user + system time over wall time) per phase. A hook in
+   (``getrusage``: user + system time over wall time) per phase, and the
+   CPU time the process used during each 10 ms tick (p99): on a loaded
+   machine the lateness also counts waiting for a CPU, this does not. A hook in
    ``autoballoond`` would be needed to time a timer inside the daemon itself,
    hence the child.
 2. **autoballoond**: the real daemon process (QMP backend on 16 simulated QMP
@@ -117,6 +120,53 @@ class Flooders:
                 return
 
 
+class FloodProcess:
+    """:class:`Flooders` in a process of their own.
+
+    Their threads then never hold the GIL of the process that measures, nor
+    count in its CPU: ``go()`` starts the flood, ``stop()`` ends it and returns
+    the bytes written since ``go()``.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_channel_flood", "--flooders",
+             *map(str, paths)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> FloodProcess:
+        if self._command("") != "READY":
+            raise RuntimeError("the flooders did not start")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    def _command(self, line: str) -> str:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        if line:
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+        return self._proc.stdout.readline().strip()
+
+    def go(self) -> None:
+        self._command("go")
+
+    def stop(self) -> int:
+        return int(self._command("stop"))
+
+
+def flooders_main(paths: list[Path]) -> None:
+    with Flooders(paths) as flooders:
+        print("READY", flush=True)
+        sys.stdin.readline()
+        flooders.flooding.set()
+        print("FLOODING", flush=True)
+        sys.stdin.readline()
+        print(sum(flooders.sent), flush=True)
+
+
 # -- 1. the real source in a child process ----------------------------------------------
 
 
@@ -139,16 +189,20 @@ async def child_main(directory: Path, seconds: float) -> dict[str, Any]:
 
     async def phase() -> dict[str, Any]:
         lateness: list[float] = []
+        busy: list[float] = []
         usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             due = loop.time() + TIMER
+            cpu = time.process_time()
             await asyncio.sleep(TIMER)
             lateness.append(loop.time() - due)
+            busy.append(time.process_time() - cpu)
         wall = time.monotonic() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime) / wall
-        return {"lateness_ms": summary(lateness), "cpu_percent": 100 * cpu}
+        return {"lateness_ms": summary(lateness), "busy_ms": summary(busy),
+                "cpu_percent": 100 * cpu}
 
     quiet = await phase()
     print("FLOOD", flush=True)
@@ -167,7 +221,7 @@ async def child_main(directory: Path, seconds: float) -> dict[str, Any]:
 
 def in_process(directory: Path, seconds: float) -> dict[str, Any]:
     paths = [directory / f"g{index}.agent" for index in range(GUESTS)]
-    with Flooders(paths) as flooders:
+    with FloodProcess(paths) as flooders:
         child = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_channel_flood", "--child", str(directory),
              "--seconds", str(seconds)],
@@ -176,12 +230,12 @@ def in_process(directory: Path, seconds: float) -> dict[str, Any]:
             assert child.stdin is not None and child.stdout is not None
             if child.stdout.readline().strip() != "FLOOD":
                 raise RuntimeError("the measured child failed")
-            flooders.flooding.set()
+            flooders.go()
             start = time.monotonic()
             child.stdin.write("go\n")
             child.stdin.flush()
             result: dict[str, Any] = json.loads(child.stdout.readline())
-            result["flood_mib_per_s"] = sum(flooders.sent) / (time.monotonic() - start) / 2**20
+            result["flood_mib_per_s"] = flooders.stop() / (time.monotonic() - start) / 2**20
         finally:
             if child.poll() is None:
                 child.kill()
@@ -243,7 +297,7 @@ glob = "{directory}/*.qmp"
 [sources.guest-channel]
 enabled = true
 """
-        with Flooders(paths) as flooders, DaemonProcess(run_dir, config) as daemon:
+        with FloodProcess(paths) as flooders, DaemonProcess(run_dir, config) as daemon:
             control = str(daemon.control_socket)
             deadline = time.monotonic() + 30
             while _connected(daemon.status()) < GUESTS:
@@ -252,10 +306,10 @@ enabled = true
                                        + daemon.log()[-3000:])
                 time.sleep(0.1)
             quiet = daemon_phase(daemon.pid, control, seconds)
-            flooders.flooding.set()
+            flooders.go()
             start = time.monotonic()
             flood = daemon_phase(daemon.pid, control, seconds)
-            mib = sum(flooders.sent) / (time.monotonic() - start) / 2**20
+            mib = flooders.stop() / (time.monotonic() - start) / 2**20
             guests = _channel_view(daemon.status())
     finally:
         sim.terminate()
@@ -284,6 +338,10 @@ def report(title: str, result: dict[str, Any], key: str) -> None:
         print(f"  {phase:5s}  {key.split('_')[0]:8s} p50 {figures['p50']:7.2f} ms  p99 "
               f"{figures['p99']:7.2f} ms  max {figures['max']:7.2f} ms  (n={figures['n']:.0f})"
               f"   CPU {result[phase]['cpu_percent']:5.1f} % of one core")
+    if "busy_ms" in result["flood"]:
+        print("  CPU the process used per 10 ms tick (its own work, however it was scheduled):"
+              f" p99 quiet {result['quiet']['busy_ms']['p99']:.2f} ms, flood "
+              f"{result['flood']['busy_ms']['p99']:.2f} ms")
     rise = result["flood"][key]["p99"] - result["quiet"][key]["p99"]
     print(f"  flood: {result['flood_mib_per_s']:.1f} MiB/s of newlines offered by {GUESTS} "
           f"guests, {result['dropped']} lines refused, {result['pauses']} pauses")
@@ -297,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-daemon", action="store_true",
                         help="only the in-process measurement")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--flooders", type=Path, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.flooders:
+        flooders_main(args.flooders)
+        return 0
     if args.child is not None:
         print(json.dumps(asyncio.run(child_main(args.child, args.seconds))), flush=True)
         return 0
