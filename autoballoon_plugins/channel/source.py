@@ -19,6 +19,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import socket
 import string
 import time
@@ -44,7 +45,11 @@ from .ratelimit import TokenBucket
 
 NAME = "guest-channel"
 READ_CHUNK = 16 * 1024
-"""Bytes read per call of a channel's reader: a flooding guest's cost per token."""
+"""Most bytes read per call of a channel's reader."""
+RESUME_GRID = 0.05
+"""A paused channel is read again at the first multiple of this (loop time, seconds)
+at or after its next token is due: flooding guests resume together, in one wake-up
+of the loop instead of one each."""
 INITIAL_BACKOFF = 0.1
 TEMPLATE_FIELDS = ("id", "name", "backend")
 
@@ -178,6 +183,16 @@ class GuestLink:
                         self._dropped(result, now)
                     else:
                         self._accept(result, now)
+
+    def read_size(self, now: float) -> int:
+        """Bytes worth reading now: ``max_line`` per whole token (one at least), at most
+        :data:`READ_CHUNK`.
+
+        Reading more than the tokens can accept would only be refused: a
+        flooding guest, back with one token, costs one ``max_line`` read.
+        """
+        tokens = max(1, self._bucket.available(now))
+        return min(READ_CHUNK, tokens * self.settings.max_line)
 
     def starved(self, now: float) -> float:
         """Seconds until the guest's bucket has a token again (0: it has one)."""
@@ -318,13 +333,15 @@ class GuestLink:
 class _Channel:
     """One connection's reading, with back-pressure from the guest's token bucket.
 
-    The socket's reader callback reads one chunk (at most :data:`READ_CHUNK`
-    bytes) per call and gives it to :meth:`GuestLink.feed`. When the guest's
+    The socket's reader callback reads one chunk per call (no more than the
+    guest's tokens can take, see :meth:`GuestLink.read_size`) and gives it to
+    :meth:`GuestLink.feed`. When the guest's
     bucket is then empty, the reader is removed from the loop until the next
     token is due (``loop.call_at`` puts it back): the socket buffer fills,
     QEMU stops taking data from the virtio-serial port, and the guest's writes
     block. A flooding guest costs one small read per token, not one per chunk
-    it manages to write.
+    it manages to write; resumes are aligned on :data:`RESUME_GRID` so that
+    many flooding guests share the loop's wake-ups.
     """
 
     def __init__(self, link: GuestLink, loop: asyncio.AbstractEventLoop,
@@ -346,7 +363,7 @@ class _Channel:
 
     def _readable(self) -> None:
         try:
-            data = self.sock.recv(READ_CHUNK)
+            data = self.sock.recv(self.link.read_size(self.link.clock()))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -368,7 +385,8 @@ class _Channel:
             self._stop_reading()
             link.paused = True
             link.pauses += 1
-            self._resume = self.loop.call_at(self.loop.time() + wait, self._start_reading)
+            due = math.ceil((self.loop.time() + wait) / RESUME_GRID) * RESUME_GRID
+            self._resume = self.loop.call_at(due, self._start_reading)
 
     def _stop_reading(self) -> None:
         if self._reading:

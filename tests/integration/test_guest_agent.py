@@ -29,7 +29,7 @@ from autoballoon_guest import agent
 from autoballoon_lab import GuestConfig, Lab, LabGuest, ensure_image
 from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 from autoballoon_lab.prereq import require, require_lab
-from autoballoon_plugins.channel.source import READ_CHUNK, ChannelSettings, GuestChannelSource
+from autoballoon_plugins.channel.source import ChannelSettings, GuestChannelSource
 
 pytestmark = pytest.mark.integration
 
@@ -277,7 +277,7 @@ async def test_a_guest_flooding_its_port_is_read_once_per_token() -> None:
     assert "FLOOD-END" not in console, console[-2000:]
     assert alive and connected
     reads = elapsed * 1 + 2  # tokens due in the window, plus the one in flight at each end
-    assert 0 < lines <= reads * READ_CHUNK, (lines, reads)
+    assert 0 < lines <= reads * settings.max_line, (lines, reads)  # one token's worth a read
     assert pauses >= elapsed / 2
     lateness.sort()
     print(f"\nflooding guest: {lines} lines taken in {elapsed:.1f}s ({pauses} pauses); "

@@ -78,3 +78,15 @@ async def test_nesting_up_to_the_limit_is_accepted(server: ControlServer) -> Non
 async def test_request_longer_than_the_limit(server: ControlServer) -> None:
     replies = await exchange(server.path, [b'{"cmd":"ping","x":"' + b"a" * MAX_REQUEST + b'"}'])
     assert replies == [{"ok": False, "error": "request too long"}]
+
+
+async def test_an_unknown_group_is_refused_naming_the_key(tmp_path: Path) -> None:
+    control = ControlServer(str(tmp_path / "control.sock"), {"ping": _ping},
+                            group="no-such-group-here")
+    with pytest.raises(ValueError, match=r"\[daemon\] control_socket_group: no group named"):
+        await control.start()
+    assert not (tmp_path / "control.sock").exists()
+
+
+async def test_without_a_group_the_socket_is_the_owners_alone(server: ControlServer) -> None:
+    assert server.path.stat().st_mode & 0o777 == 0o600

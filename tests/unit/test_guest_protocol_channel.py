@@ -286,8 +286,8 @@ async def test_a_flooding_guest_cannot_delay_or_change_another_guests_event(
     source = GuestChannelSource(ChannelSettings(rate=20, burst=40))
 
     async def quiet(writer: asyncio.StreamWriter) -> None:
-        # Speak only once the flood is well under way.
-        await wait_for(lambda: sum(source.links["qmp:flood"].drops.values()) > 10_000)
+        # Speak only once the flood is well under way: its bucket ran dry 20 times.
+        await wait_for(lambda: source.links["qmp:flood"].pauses >= 20)
         writer.write(pressure("medium", 77 * MiB, 1))
         await writer.drain()
 
@@ -311,9 +311,9 @@ async def test_a_flooding_guest_cannot_delay_or_change_another_guests_event(
     assert all(e.wanted_bytes == 999 * MiB for e in flood_events)  # capped at max 1 GiB
     assert len(flood_events) <= 40 + 20 * elapsed + 1  # the token bucket held
     drops = source.links["qmp:flood"].drops
-    assert drops["rate-limited"] > 10_000
+    assert drops["rate-limited"] > 100
     assert source.links["qmp:calm"].drops == {}
-    assert flooded > 1_000_000
+    assert flooded > 100_000  # what the flooder got to write: back-pressure bounds it
 
 
 # -- in the engine ------------------------------------------------------------------------------
