@@ -2,18 +2,33 @@
 
 One object per line with a ``kind`` of ``event``, ``round`` or ``escalation``; times are
 monotonic seconds (``t``) plus wall-clock seconds (``wall``) for people.
+
+The file is watched like :class:`logging.handlers.WatchedFileHandler` does:
+before each record, when the path no longer names the open file (logrotate
+moved it away, with or without creating a new one), the log is reopened at
+the path; :meth:`AuditLog.reopen` (SIGHUP) does it unconditionally. Each kind
+of record has its own token bucket (``[daemon] audit_rate`` records per
+second, bursts of ``audit_burst``); records over it are counted, and the next
+record of that kind that is written is preceded by one line ``{"kind":
+"suppressed", "of": "event", "count": N, ...}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from autoballoon_core.escalation import escalation_payload
 from autoballoon_core.model import Action, Escalation, PressureEvent, RoundRecord, Snapshot
 from autoballoon_core.plugins import hookimpl
+from autoballoon_core.ratelimit import TokenBucket
+
+DEFAULT_RATE = 20.0
+DEFAULT_BURST = 200
 
 
 def event_record(event: PressureEvent) -> dict[str, Any]:
@@ -68,14 +83,70 @@ def round_record(record: RoundRecord, snapshot: Snapshot) -> dict[str, Any]:
 
 
 class AuditLog:
-    """A plugin object that appends audit records to a file."""
+    """A plugin object that appends audit records to a file, rate-capped per kind."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, settings: Mapping[str, Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self.clock = clock
+        self.rate = DEFAULT_RATE
+        self.burst = DEFAULT_BURST
+        self._buckets: dict[str, TokenBucket] = {}
+        self.suppressed: dict[str, int] = {}
+        """Records of each kind dropped since the last ``suppressed`` line."""
+        self.reopens = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        self._file: IO[str] = self._open()
+        self.configure(settings or {})
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Take ``[daemon] audit_rate``/``audit_burst`` (new buckets) and reopen the file."""
+        self.rate = float(settings.get("audit_rate", DEFAULT_RATE))
+        self.burst = int(settings.get("audit_burst", DEFAULT_BURST))
+        self._buckets.clear()
+        self.reopen()
+
+    def _open(self) -> IO[str]:
+        handle = self.path.open("a", encoding="utf-8")
+        stat = os.fstat(handle.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
+        return handle
+
+    def reopen(self) -> None:
+        """Close the file and open the path again (after logrotate moved it)."""
+        self._write_suppressed()
+        self._file.close()
+        self._file = self._open()
+        self.reopens += 1
+
+    def _moved(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
 
     def _write(self, record: dict[str, Any]) -> None:
+        kind = str(record["kind"])
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            bucket = self._buckets[kind] = TokenBucket(self.rate, self.burst, self.clock())
+        if not bucket.allow(self.clock()):
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+            return
+        if self._moved():
+            self.reopen()
+        self._write_suppressed(kind)
+        self._line(record)
+
+    def _write_suppressed(self, only: str | None = None) -> None:
+        for kind in [only] if only is not None else sorted(self.suppressed):
+            count = self.suppressed.pop(kind, 0)
+            if count:
+                self._line({"kind": "suppressed", "of": kind, "count": count,
+                            "t": self.clock(), "rate": self.rate, "burst": self.burst})
+
+    def _line(self, record: dict[str, Any]) -> None:
         record["wall"] = round(time.time(), 3)
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
@@ -95,4 +166,5 @@ class AuditLog:
         self._file.flush()
 
     def close(self) -> None:
+        self._write_suppressed()
         self._file.close()

@@ -41,8 +41,17 @@ class ConfigError(ValueError):
 DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("control_socket", Kind.STR, "/run/autoballoon/control.sock",
            "Path of the control socket (created with mode 0600)."),
+    Option("control_socket_group", Kind.STR, "",
+           "Group given the control socket, with mode 0660 (e.g. `kvm` for oVirt's VDSM "
+           "hooks); its members may send `ping` and `hint` only. Empty: root only."),
     Option("audit_log", Kind.STR, "",
-           "JSON-lines audit log of every event and decision; empty: none."),
+           "JSON-lines audit log of every event and decision; empty: none. Reopened when "
+           "moved away (logrotate) and on SIGHUP."),
+    Option("audit_rate", Kind.FLOAT, 20.0,
+           "Audit records per second of each kind (event, round) at most, on average; the "
+           "excess is counted in a `suppressed` record.", minimum=0.1, maximum=100000.0),
+    Option("audit_burst", Kind.INT, 200, "Audit records of each kind allowed in a burst.",
+           minimum=1, maximum=1000000),
     Option("log_level", Kind.STR, "info", "Logging threshold.",
            choices=("debug", "info", "warning", "error")),
     Option("dry_run", Kind.BOOL, False, "Decide and log, but never set a balloon."),

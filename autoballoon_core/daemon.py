@@ -89,7 +89,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._open_audit(self.loaded.config.daemon["audit_log"])
+        self._open_audit(self.loaded.config.daemon)
         try:
             self.metrics = self._install_metrics()
         except (OSError, ImportError) as exc:
@@ -109,10 +109,10 @@ class Daemon:
         self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
             "ping": self._ping, "status": self._status, "reload": self._reload_command,
             "hint": self._hint,
-        })
+        }, group=self.loaded.config.daemon["control_socket_group"])
         try:
             await self.control.start()
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot open the control socket: %s", exc)
             await self.engine.stop()
             return EXIT_START
@@ -179,15 +179,17 @@ class Daemon:
                 f"backends {', '.join(config.backends)}, {len(self.engine.guests)} guests"
                 + (", DRY RUN" if self.engine.dry_run else ""))
 
-    def _open_audit(self, path: str) -> None:
+    def _open_audit(self, settings: Any) -> None:
+        path = settings["audit_log"]
         if self.audit is not None:
             if str(self.audit.path) == path:
+                self.audit.configure(settings)  # new limits; reopened (logrotate's SIGHUP)
                 return
             self.loaded.manager.unregister(self.audit)
             self.audit.close()
             self.audit = None
         if path:
-            self.audit = AuditLog(path)
+            self.audit = AuditLog(path, settings)
             self.loaded.manager.register(self.audit, name="audit-log")
 
     async def reload(self) -> dict[str, Any]:
@@ -200,7 +202,7 @@ class Daemon:
                     if getattr(config, section) != getattr(old, section):
                         log.warning("reload: changes to %s take effect after a restart", section)
                 self.engine.apply_config(config)
-                self._open_audit(config.daemon["audit_log"])
+                self._open_audit(config.daemon)
                 set_log_level(config.daemon["log_level"])
             except (ConfigError, PluginError) as exc:
                 log.error("reload rejected, keeping the running configuration: %s", exc)

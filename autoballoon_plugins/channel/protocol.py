@@ -121,14 +121,23 @@ class LineSplitter:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes | _TooLong]:
+        return self.feed_some(data)[0]
+
+    def feed_some(self, data: bytes, start: int = 0,
+                  limit: int | None = None) -> tuple[list[bytes | _TooLong], int]:
+        """Like :meth:`feed` from ``data[start:]``, but stop after ``limit`` items.
+
+        Returns the items and the offset in ``data`` where splitting stopped
+        (``len(data)`` when all of it was taken).
+        """
         out: list[bytes | _TooLong] = []
-        pos = 0
+        pos = start
         end = len(data)
-        while pos < end:
+        while pos < end and (limit is None or len(out) < limit):
             newline = data.find(b"\n", pos)
             if self._discarding:
                 if newline < 0:
-                    return out
+                    return out, end
                 self._discarding = False
                 pos = newline + 1
                 continue
@@ -139,7 +148,7 @@ class LineSplitter:
                     out.append(TOO_LONG)
                 else:
                     self._buffer += data[pos:]
-                return out
+                return out, end
             if len(self._buffer) + newline - pos > self.limit:
                 out.append(TOO_LONG)
             else:
@@ -147,7 +156,25 @@ class LineSplitter:
                 out.append(bytes(self._buffer))
             self._buffer.clear()
             pos = newline + 1
-        return out
+        return out, pos
+
+    def discard(self, data: bytes, start: int = 0) -> tuple[int, int]:
+        """Throw away every line that ends in ``data[start:]`` without splitting it.
+
+        For input that will be refused anyway: the cost is one scan for the
+        newlines, not one Python step per line. Returns ``(lines, too_long)``:
+        the lines thrown away, and how many :data:`TOO_LONG` the unterminated
+        tail produced (0 or 1), which is kept as the start of the next line.
+        """
+        last = data.rfind(b"\n", start)
+        if last < 0:
+            return 0, len(self.feed_some(data, start)[0])
+        lines = data.count(b"\n", start, last + 1)
+        if self._discarding:  # the first newline ends a line already reported too long
+            lines -= 1
+            self._discarding = False
+        self._buffer.clear()
+        return lines, len(self.feed_some(data, last + 1)[0])
 
 
 # -- parsing -----------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """The ``guest-channel`` pressure source: one agent connection per guest.
 
 For every guest with an agent channel (a unix socket on which QEMU is the
-server, ``server=on,wait=off``) a task connects, reads bounded chunks, splits
-them into bounded lines and hands each line, if the guest's token bucket
-allows, to the pure parser. Valid ``pressure`` messages become
+server, ``server=on,wait=off``) a task connects; each chunk read is split into
+bounded lines, and each line, while the guest's token bucket allows, goes to
+the pure parser. Once the bucket is empty, the rest of the chunk is refused in
+bulk and the channel is not read again until the next token is due
+(back-pressure into QEMU and the guest). Valid ``pressure`` messages become
 :class:`PressureEvent` s for that guest; everything else is counted per guest
 and per reason, and logged at most once per ``log_interval`` per guest.
 A guest can only ever affect its own events: its link has its own buffer,
-bucket and counters, and yields to the loop after every chunk.
+bucket and counters, and the loop handles one chunk per read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import collections
 import contextlib
 import functools
 import logging
+import math
+import socket
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +45,11 @@ from .ratelimit import TokenBucket
 
 NAME = "guest-channel"
 READ_CHUNK = 16 * 1024
+"""Most bytes read per call of a channel's reader."""
+RESUME_GRID = 0.05
+"""A paused channel is read again at the first multiple of this (loop time, seconds)
+at or after its next token is due: flooding guests resume together, in one wake-up
+of the loop instead of one each."""
 INITIAL_BACKOFF = 0.1
 TEMPLATE_FIELDS = ("id", "name", "backend")
 
@@ -135,27 +144,59 @@ class GuestLink:
         self._unlogged = 0
         self._last_drop: Drop | None = None
         self._warned_connect = False
+        self.pauses = 0
+        self.paused = False
+        self._too_long = Drop(DropReason.TOO_LONG, f"over {settings.max_line} bytes")
+        self._rate_detail = f"over {settings.rate:g}/s, burst {settings.burst}"
 
     # -- bytes in ------------------------------------------------------------------
 
     def feed(self, data: bytes, now: float) -> None:
-        """Take a chunk of the stream; ``now`` is when it was read."""
-        for item in self._splitter.feed(data):
-            if item is TOO_LONG:
-                self._dropped(Drop(DropReason.TOO_LONG, f"over {self.settings.max_line} bytes"),
-                              now)
-                continue
-            if not self._bucket.allow(now):
-                self._dropped(Drop(DropReason.RATE_LIMITED,
-                                   f"over {self.settings.rate:g}/s, burst {self.settings.burst}"),
-                              now)
-                continue
-            assert isinstance(item, bytes)
-            result = parse_line(item, self.settings.max_line)
-            if isinstance(result, Drop):
-                self._dropped(result, now)
-            else:
-                self._accept(result, now)
+        """Take a chunk of the stream; ``now`` is when it was read.
+
+        Lines are split and parsed only while the guest's bucket has tokens;
+        once it is empty, every line that ends in the rest of the chunk is
+        refused in bulk (counted as ``rate-limited`` with one scan, whatever
+        it held): refusing costs the host no work per line.
+        """
+        pos = 0
+        end = len(data)
+        while pos < end:
+            budget = self._bucket.available(now)
+            if budget == 0:
+                lines, too_long = self._splitter.discard(data, pos)
+                if lines:
+                    self._dropped(Drop(DropReason.RATE_LIMITED, self._rate_detail), now, lines)
+                if too_long:
+                    self._dropped(self._too_long, now)
+                return
+            items, pos = self._splitter.feed_some(data, pos, budget)
+            for item in items:
+                if item is TOO_LONG:
+                    self._dropped(self._too_long, now)
+                elif not self._bucket.allow(now):  # cannot happen: ``budget`` tokens were there
+                    self._dropped(Drop(DropReason.RATE_LIMITED, self._rate_detail), now)
+                else:
+                    assert isinstance(item, bytes)
+                    result = parse_line(item, self.settings.max_line)
+                    if isinstance(result, Drop):
+                        self._dropped(result, now)
+                    else:
+                        self._accept(result, now)
+
+    def read_size(self, now: float) -> int:
+        """Bytes worth reading now: ``max_line`` per whole token (one at least), at most
+        :data:`READ_CHUNK`.
+
+        Reading more than the tokens can accept would only be refused: a
+        flooding guest, back with one token, costs one ``max_line`` read.
+        """
+        tokens = max(1, self._bucket.available(now))
+        return min(READ_CHUNK, tokens * self.settings.max_line)
+
+    def starved(self, now: float) -> float:
+        """Seconds until the guest's bucket has a token again (0: it has one)."""
+        return self._bucket.wait(now)
 
     def reset_stream(self) -> None:
         """Forget a partial line (the connection was closed)."""
@@ -194,9 +235,9 @@ class GuestLink:
         except Exception:
             log.exception("emitting an event of guest %s failed", self.guest)
 
-    def _dropped(self, drop: Drop, now: float) -> None:
-        self.drops[drop.reason.value] += 1
-        self._unlogged += 1
+    def _dropped(self, drop: Drop, now: float, count: int = 1) -> None:
+        self.drops[drop.reason.value] += count
+        self._unlogged += count
         self._last_drop = drop
         if now - self._last_log >= self.settings.log_interval:
             log.warning(
@@ -212,16 +253,19 @@ class GuestLink:
 
     async def run(self) -> None:
         """Connect, read until EOF, reconnect with back-off; until cancelled."""
+        loop = asyncio.get_running_loop()
         delay = INITIAL_BACKOFF
         while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                reader, writer = await asyncio.open_unix_connection(
-                    self.path, limit=max(self.settings.max_line, READ_CHUNK)
-                )
+                await loop.sock_connect(sock, self.path)
             except ValueError as exc:  # e.g. a NUL byte in the path: retrying cannot help
+                sock.close()
                 log.error("guest %s: bad agent channel path %r: %s", self.guest, self.path, exc)
                 return
             except OSError as exc:
+                sock.close()
                 if not self._warned_connect:
                     log.info("guest %s: agent channel %s not connectable (%s); retrying",
                              self.guest, self.path, exc.strerror or exc)
@@ -229,33 +273,28 @@ class GuestLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max)
                 continue
+            except BaseException:
+                sock.close()
+                raise
+            channel = _Channel(self, loop, sock)
             self.connected = True
             self.connects += 1
             self._warned_connect = False
             delay = INITIAL_BACKOFF
             log.info("guest %s: agent channel %s connected", self.guest, self.path)
             try:
-                await self._read(reader)
-            except (OSError, ConnectionError) as exc:
-                log.info("guest %s: agent channel failed: %s", self.guest, exc)
+                error = await channel.closed
+                if error is not None:
+                    log.info("guest %s: agent channel failed: %s", self.guest, error)
             finally:
                 self.connected = False
+                self.paused = False
                 self.reset_stream()
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                channel.stop()
+                sock.close()
             log.info("guest %s: agent channel closed; reconnecting", self.guest)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max)
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                return
-            self.feed(data, self.clock())
-            # A flooding guest must not hold the loop: one chunk per turn.
-            await asyncio.sleep(0)
 
     def describe(self) -> dict[str, Any]:
         now = self.clock()
@@ -266,6 +305,8 @@ class GuestLink:
             "messages": dict(self.messages),
             "dropped": dict(self.drops),
             "events": self.events,
+            "paused": self.paused,
+            "pauses": self.pauses,
             "seq_gaps": self.seq_gaps,
             "level": self.level.name.lower(),
         }
@@ -287,6 +328,82 @@ class GuestLink:
                 "want": self.pressure.want,
             }
         return view
+
+
+class _Channel:
+    """One connection's reading, with back-pressure from the guest's token bucket.
+
+    The socket's reader callback reads one chunk per call (no more than the
+    guest's tokens can take, see :meth:`GuestLink.read_size`) and gives it to
+    :meth:`GuestLink.feed`. When the guest's
+    bucket is then empty, the reader is removed from the loop until the next
+    token is due (``loop.call_at`` puts it back): the socket buffer fills,
+    QEMU stops taking data from the virtio-serial port, and the guest's writes
+    block. A flooding guest costs one small read per token, not one per chunk
+    it manages to write; resumes are aligned on :data:`RESUME_GRID` so that
+    many flooding guests share the loop's wake-ups.
+    """
+
+    def __init__(self, link: GuestLink, loop: asyncio.AbstractEventLoop,
+                 sock: socket.socket) -> None:
+        self.link = link
+        self.loop = loop
+        self.sock = sock
+        self.closed: asyncio.Future[Exception | None] = loop.create_future()
+        self._resume: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._start_reading()
+
+    def _start_reading(self) -> None:
+        self._resume = None
+        self.link.paused = False
+        if not self.closed.done():
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._reading = True
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(self.link.read_size(self.link.clock()))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        if not data:
+            self._finish(None)
+            return
+        link = self.link
+        now = link.clock()
+        try:
+            link.feed(data, now)
+        except Exception as exc:  # a bug, not the guest's input: end this connection only
+            log.exception("guest %s: reading the agent channel failed", link.guest)
+            self._finish(exc)
+            return
+        wait = link.starved(now)
+        if wait > 0:
+            self._stop_reading()
+            link.paused = True
+            link.pauses += 1
+            due = math.ceil((self.loop.time() + wait) / RESUME_GRID) * RESUME_GRID
+            self._resume = self.loop.call_at(due, self._start_reading)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _finish(self, exc: Exception | None) -> None:
+        self.stop()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def stop(self) -> None:
+        """Stop reading for good (idempotent); the caller closes the socket."""
+        self._stop_reading()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
 
 
 class GuestChannelSource(PressureSource):

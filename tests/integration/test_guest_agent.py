@@ -14,14 +14,16 @@ in CI. Also a host check of the agent's PSI triggers on this kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from autoballoon_core.interfaces import EmitFn
 from autoballoon_core.model import GuestState, PressureEvent, PressureLevel
 from autoballoon_guest import agent
 from autoballoon_lab import GuestConfig, Lab, LabGuest, ensure_image
@@ -168,17 +170,10 @@ def agent_only_command() -> str:
 
 async def test_the_agent_survives_the_host_end_going_away_and_greets_it_again() -> None:
     """Real virtio_console semantics: EAGAIN while QEMU's chardev has no client."""
-    require_lab()
-    config = GuestConfig(memory_mib=384, command=agent_only_command())
-    with Lab(1, config=config, image=ensure_image()) as lab:
-        await asyncio.to_thread(lab.wait_ready, 90)
-        lab_guest = lab.guests[0]
+    async with one_guest(agent_only_command(), 384) as lab_guest:
         state = channel_guest(lab_guest)
         events: list[PressureEvent] = []
-        source = GuestChannelSource(ChannelSettings(reconnect_max=0.5))
-        await source.open()
-        task = asyncio.create_task(source.run(events.append))
-        try:
+        async with channel_source(ChannelSettings(reconnect_max=0.5), events.append) as source:
             source.guest_added(state)
             first = source.links[state.id]
             await _wait(lambda: first.messages["heartbeat"] >= 3, lab_guest)
@@ -189,10 +184,6 @@ async def test_the_agent_survives_the_host_end_going_away_and_greets_it_again() 
             source.guest_added(state)  # ... and comes back
             second = source.links[state.id]
             await _wait(lambda: second.messages["heartbeat"] >= 3, lab_guest)
-        finally:
-            await source.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         console = lab_guest.console_text()
     # The agent noticed (EAGAIN), dropped what it could not send, and said hello again.
     assert second.hello is not None, console[-2000:]
@@ -200,6 +191,31 @@ async def test_the_agent_survives_the_host_end_going_away_and_greets_it_again() 
     assert "host end not reading" in console, console[-2000:]
     assert second.drops == {} and first.drops == {}
     assert "Traceback" not in console, console[-3000:]
+
+
+@contextlib.asynccontextmanager
+async def one_guest(command: str, memory_mib: int) -> AsyncIterator[LabGuest]:
+    """One booted lab guest running ``command``; stopped when the block ends."""
+    require_lab()
+    config = GuestConfig(memory_mib=memory_mib, command=command)
+    with Lab(1, config=config, image=ensure_image()) as lab:
+        await asyncio.to_thread(lab.wait_ready, 90)
+        yield lab.guests[0]
+
+
+@contextlib.asynccontextmanager
+async def channel_source(settings: ChannelSettings,
+                         emit: EmitFn) -> AsyncIterator[GuestChannelSource]:
+    """The real source, running on this loop until the block ends."""
+    source = GuestChannelSource(settings)
+    await source.open()
+    task = asyncio.create_task(source.run(emit))
+    try:
+        yield source
+    finally:
+        await source.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _wait(condition: Callable[[], bool], lab_guest: LabGuest, timeout: float = 90) -> None:
@@ -210,3 +226,60 @@ async def _wait(condition: Callable[[], bool], lab_guest: LabGuest, timeout: flo
         if not lab_guest.alive():
             raise AssertionError(f"the guest died:\n{lab_guest.console_text()[-3000:]}")
         await asyncio.sleep(0.1)
+
+
+# -- a guest flooding its port (issue 12, item 1) -------------------------------------------
+
+
+def flood_command() -> str:
+    """Find the agent's port as the agent does, then write bare newlines to it forever."""
+    return "\n".join([
+        "dev=",
+        "for p in /sys/class/virtio-ports/*; do",
+        f'  [ "$(cat "$p/name")" = {agent.DEFAULT_PORT_NAME} ] && dev="/dev/${{p##*/}}"',
+        "done",
+        'echo "FLOOD-PORT $dev"',
+        "yes '' > \"$dev\"",
+        'echo "FLOOD-END $?"',
+    ]) + "\n"
+
+
+async def test_a_guest_flooding_its_port_is_read_once_per_token() -> None:
+    """``yes '' > /dev/vport…`` in a real guest: the host reads one chunk per token.
+
+    The bound is the design's: between two tokens the source reads nothing, so
+    what it takes in (refused lines included) is at most one read per token.
+    Before back-pressure the source read the port as fast as the guest wrote.
+    """
+    async with one_guest(flood_command(), 256) as lab_guest:
+        state = channel_guest(lab_guest)
+        lateness: list[float] = []
+        settings = ChannelSettings(rate=1, burst=1, reconnect_max=0.5)
+        async with channel_source(settings, lambda _event: None) as source:
+            source.guest_added(state)
+            link = source.links[state.id]
+            await _wait(lambda: link.drops["rate-limited"] > 0, lab_guest)
+            lines_before = sum(link.drops.values())
+            pauses_before = link.pauses
+            loop = asyncio.get_running_loop()
+            start = time.monotonic()
+            while time.monotonic() - start < 10:
+                due = loop.time() + 0.01
+                await asyncio.sleep(0.01)
+                lateness.append(loop.time() - due)
+            elapsed = time.monotonic() - start
+            lines = sum(link.drops.values()) - lines_before
+            pauses = link.pauses - pauses_before
+            connected = link.connected
+        alive = lab_guest.alive()
+        console = lab_guest.console_text()
+    assert "FLOOD-PORT /dev/vport" in console, console[-2000:]
+    assert "FLOOD-END" not in console, console[-2000:]
+    assert alive and connected
+    reads = elapsed * 1 + 2  # tokens due in the window, plus the one in flight at each end
+    assert 0 < lines <= reads * settings.max_line, (lines, reads)  # one token's worth a read
+    assert pauses >= elapsed / 2
+    lateness.sort()
+    print(f"\nflooding guest: {lines} lines taken in {elapsed:.1f}s ({pauses} pauses); "
+          f"10 ms timer lateness p99 {lateness[int(.99 * (len(lateness) - 1))] * 1e3:.2f} ms",
+          flush=True)

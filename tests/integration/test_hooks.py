@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import grp
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -253,24 +258,41 @@ def _load_hook() -> Any:
     return module
 
 
+@contextlib.contextmanager
+def real_autoballoond(directory: Path, daemon_table: str) -> Iterator[Path]:
+    """``autoballoond`` (libvirt backend, dry run) with its socket in ``directory``."""
+    daemon_bin = Path(sys.executable).parent / "autoballoond"
+    require(daemon_bin.exists(), "autoballoond is not installed (pip install -e .)")
+    sock = directory / "control.sock"
+    config = directory / "autoballoon.toml"
+    config.write_text(f'[daemon]\ncontrol_socket = "{sock}"\ndry_run = true\n{daemon_table}\n'
+                      '[backends.libvirt]\nenabled = true\n')
+    config.chmod(0o644)
+    log_path = directory / "daemon.log"
+    with log_path.open("wb") as log:
+        daemon = subprocess.Popen([str(daemon_bin), "-c", str(config)], stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline and daemon.poll() is None:
+                time.sleep(0.05)
+            assert sock.exists(), log_path.read_text()
+            yield sock
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(5)
+
+
 def test_hint_reaches_a_real_autoballoond(libvirt_daemon: LibvirtDaemon, tmp_path: Path,
                                           domain_xml: tuple[str, bytes]) -> None:
     """The whole path: hook -> control socket -> autoballoond -> libvirt backend."""
     name, xml = domain_xml
-    daemon_bin = Path(sys.executable).parent / "autoballoond"
-    require(daemon_bin.exists(), "autoballoond is not installed (pip install -e .)")
-    sock = tmp_path / "control.sock"
-    config = tmp_path / "autoballoon.toml"
-    config.write_text(f'[daemon]\ncontrol_socket = "{sock}"\ndry_run = true\n\n'
-                      '[backends.libvirt]\nenabled = true\n')
-    log = (tmp_path / "daemon.log").open("wb")
-    daemon = subprocess.Popen([str(daemon_bin), "-c", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists() and time.monotonic() < deadline and daemon.poll() is None:
-            time.sleep(0.05)
-        assert sock.exists(), (tmp_path / "daemon.log").read_text()
+    with real_autoballoond(tmp_path, "") as sock:
         proc, took = run_hook(QEMU_HOOK, [name, "stopped", "end", "-"], xml, sock)
         print(f"hook with a real autoballoond: {took * 1000:.1f} ms")
         assert proc.returncode == 0
@@ -278,12 +300,98 @@ def test_hint_reaches_a_real_autoballoond(libvirt_daemon: LibvirtDaemon, tmp_pat
         hook = _load_hook()
         assert hook.send_hint(str(sock), name, "stopped", timeout=5.0) is True
         assert hook.send_hint(str(sock), name, "bogus", timeout=5.0) is False
+
+
+# -- the socket's group: VDSM's hooks run unprivileged (issue 12, item 10) -------------------
+
+
+@pytest.fixture
+def throwaway_group() -> Iterator[str]:
+    """A system group made for the test and deleted afterwards."""
+    require(os.geteuid() == 0, "creating a group needs root")
+    require(shutil.which("groupadd") is not None and shutil.which("setpriv") is not None,
+            "groupadd and setpriv (passwd, util-linux) are needed")
+    require(_uid("nobody") is not None, "no user nobody")
+    name = f"abtest{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        yield name
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(5)
-        log.close()
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+AS_VDSM = """
+import importlib.machinery, importlib.util, json, os, socket, sys
+loader = importlib.machinery.SourceFileLoader("hook", sys.argv[1])
+spec = importlib.util.spec_from_loader("hook", loader)
+hook = importlib.util.module_from_spec(spec)
+loader.exec_module(hook)
+path = hook.control_socket(os.environ)
+sent = hook.send_hint(path, sys.argv[2], "stopped", timeout=5.0)
+try:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(b'{"cmd": "status"}\\n')
+        status = json.loads(sock.makefile().readline())
+except OSError as exc:
+    status = {"oserror": exc.errno}
+print(json.dumps({"uid": os.getuid(), "path": path, "hint": sent, "status": status}))
+"""
+
+
+def as_nobody(groups: list[str], config: Path, name: str) -> dict[str, Any]:
+    """The oVirt hook's own code, run as ``nobody`` with these supplementary groups."""
+    proc = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup",
+         "--groups=" + ",".join(groups) if groups else "--clear-groups",
+         "--", "/usr/bin/python3", "-c", AS_VDSM, str(OVIRT_DESTROY), name],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={"PATH": "/usr/bin:/bin", "AUTOBALLOON_CONFIG": str(config)})
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_a_member_of_the_socket_group_sends_hints_and_nothing_more(
+        libvirt_daemon: LibvirtDaemon, throwaway_group: str,
+        domain_xml: tuple[str, bytes]) -> None:
+    """VDSM's case: an unprivileged user in ``control_socket_group`` reaches the daemon."""
+    name = domain_xml[0]
+    directory = Path(tempfile.mkdtemp(prefix="abgrp-"))
+    try:
+        directory.chmod(0o755)  # nobody must reach the socket and read the config
+        table = f'control_socket_group = "{throwaway_group}"\n'
+        with real_autoballoond(directory, table) as sock:
+            info = os.stat(sock)
+            assert info.st_gid == grp.getgrnam(throwaway_group).gr_gid
+            assert info.st_mode & 0o777 == 0o660
+            member = as_nobody([throwaway_group], directory / "autoballoon.toml", name)
+            outsider = as_nobody([], directory / "autoballoon.toml", name)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert member["uid"] == _uid("nobody") and member["path"] == str(sock)
+    assert member["hint"] is True  # found through [daemon] control_socket, and answered ok
+    assert member["status"]["ok"] is False and "only root" in member["status"]["error"]
+    assert outsider["hint"] is False
+    assert outsider["status"] == {"oserror": errno.EACCES}
+
+
+def test_an_unknown_socket_group_stops_the_daemon_with_a_clear_error(
+        libvirt_daemon: LibvirtDaemon, tmp_path: Path) -> None:
+    config = tmp_path / "autoballoon.toml"
+    config.write_text(f'[daemon]\ncontrol_socket = "{tmp_path / "c.sock"}"\n'
+                      'control_socket_group = "no-such-group-here"\n\n'
+                      '[backends.libvirt]\nenabled = true\n')
+    proc = subprocess.run([str(Path(sys.executable).parent / "autoballoond"), "-c",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 3
+    assert "control_socket_group: no group named 'no-such-group-here'" in proc.stderr

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +28,7 @@ from autoballoon_plugins import channel
 from autoballoon_plugins.channel.source import (
     ChannelSettings,
     GuestChannelSource,
+    GuestLink,
     channel_path_for,
     check_template,
 )
@@ -283,8 +286,8 @@ async def test_a_flooding_guest_cannot_delay_or_change_another_guests_event(
     source = GuestChannelSource(ChannelSettings(rate=20, burst=40))
 
     async def quiet(writer: asyncio.StreamWriter) -> None:
-        # Speak only once the flood is well under way.
-        await wait_for(lambda: sum(source.links["qmp:flood"].drops.values()) > 10_000)
+        # Speak only once the flood is well under way: its bucket ran dry 20 times.
+        await wait_for(lambda: source.links["qmp:flood"].pauses >= 20)
         writer.write(pressure("medium", 77 * MiB, 1))
         await writer.drain()
 
@@ -308,9 +311,9 @@ async def test_a_flooding_guest_cannot_delay_or_change_another_guests_event(
     assert all(e.wanted_bytes == 999 * MiB for e in flood_events)  # capped at max 1 GiB
     assert len(flood_events) <= 40 + 20 * elapsed + 1  # the token bucket held
     drops = source.links["qmp:flood"].drops
-    assert drops["rate-limited"] > 10_000
+    assert drops["rate-limited"] > 100
     assert source.links["qmp:calm"].drops == {}
-    assert flooded > 1_000_000
+    assert flooded > 100_000  # what the flooder got to write: back-pressure bounds it
 
 
 # -- in the engine ------------------------------------------------------------------------------
@@ -356,3 +359,89 @@ async def test_an_unusable_path_ends_only_that_guests_link(sockdir: Path) -> Non
         assert not source.links["qmp:long"].connected  # still retrying, harmlessly
     await qemu.stop()
     assert [e.guest for e in events] == ["qmp:good"]
+
+
+# -- back-pressure and bulk refusal (issue 12, item 1) ----------------------------------------
+
+
+def test_refused_lines_are_discarded_in_bulk_not_one_by_one() -> None:
+    """A chunk of bare newlines past the bucket costs a scan, not Python work per line."""
+    now = [100.0]
+    link = GuestLink("qmp:f", "unused", GiB, ChannelSettings(rate=20, burst=40),
+                     lambda _e: None, clock=lambda: now[0])
+    lines = 0
+    calls = 0
+
+    def count(_frame: object, event: str, _arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    chunk = b"\n" * 262_144  # one read of the transport at most
+    sys.setprofile(count)
+    try:
+        for _ in range(4):
+            link.feed(chunk, now[0])
+            lines += len(chunk)
+    finally:
+        sys.setprofile(None)
+    assert link.drops == {"empty": 40, "rate-limited": lines - 40}  # every line is counted
+    assert calls < lines / 100, f"{calls} Python calls for {lines} refused lines"
+    # A token later, the stream is still in step: one more line is parsed.
+    now[0] += 0.1
+    link.feed(pressure("low", 0, 1), now[0])
+    assert link.messages["pressure"] == 1
+
+
+def test_bulk_refusal_keeps_the_partial_line_and_the_too_long_state() -> None:
+    link = GuestLink("qmp:f", "unused", GiB, ChannelSettings(rate=1, burst=1, max_line=64),
+                     lambda _e: None, clock=lambda: 0.0)
+    link.feed(b"x" * 100, 0.0)  # too long: its rest is discarded up to the newline
+    assert link.drops == {"too-long": 1}
+    link.feed(b"\n\n", 0.0)  # ends the long line (not counted again); one empty line
+    assert link.drops == {"too-long": 1, "empty": 1}
+    link.feed(b"\n\n" + b"y" * 100, 0.0)  # the bucket is empty: refused in bulk
+    assert link.drops == {"too-long": 2, "empty": 1, "rate-limited": 2}
+    link.feed(b"zz\n", 0.0)  # still the long line's tail, not a new line
+    assert link.drops == {"too-long": 2, "empty": 1, "rate-limited": 2}
+
+
+async def test_an_empty_bucket_stops_reading_the_channel_until_a_token_is_due(
+        sockdir: Path) -> None:
+    """Back-pressure: the guest's writes block while its bucket is empty, then resume."""
+    path = sockdir / "flood.agent"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    source = GuestChannelSource(ChannelSettings(rate=0.25, burst=1))  # a token every 4 s
+    source.guest_added(guest("flood", path))
+    link = source.links["qmp:flood"]
+    events: list[PressureEvent] = []
+
+    def fill(conn: socket.socket) -> int:
+        """Write newlines until the socket takes no more, as a flooding QEMU port would."""
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sent += conn.send(b"\n" * 65536)
+        return sent
+
+    try:
+        async with running(source, events):
+            await wait_for(lambda: link.connected)
+            conn, _ = server.accept()
+            conn.setblocking(False)
+            with conn:
+                assert fill(conn) > 0
+                await wait_for(lambda: link.drops["rate-limited"] > 0)
+                await asyncio.sleep(0.2)
+                fill(conn)
+                refused = dict(link.drops)
+                await asyncio.sleep(1.0)  # well before the next token (4 s after the first)
+                assert dict(link.drops) == refused, "read while the bucket was empty"
+                assert fill(conn) == 0, "the flooding peer could still write"
+                assert link.describe()["paused"] is True
+                # When the token is due, reading resumes (and stops again).
+                await wait_for(lambda: link.drops["rate-limited"] > refused["rate-limited"])
+                assert link.describe()["pauses"] >= 2
+    finally:
+        server.close()

@@ -138,3 +138,56 @@ def test_main_without_file() -> None:
 ])
 def test_destroy_domain_name(xml: bytes, name: str | None) -> None:
     assert destroy.domain_name(xml) == name
+
+
+# -- hardening (issue 12, item 10) ----------------------------------------------------------
+
+
+def test_a_planted_symlink_is_not_followed_and_the_mode_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "domxml"
+    path.write_text(VDSM_XML)
+    path.chmod(0o640)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    # Where the hook used to write, and anything a name guesser might try.
+    planted = [tmp_path / f"domxml.autoballoon.{os.getpid()}",
+               tmp_path / f".domxml.autoballoon.{os.getpid()}"]
+    for link in planted:
+        link.symlink_to(victim)
+    assert start.main({"_hook_domxml": str(path)}) == 0
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink()
+    assert channels(minidom.parse(str(path)))[-1] == AGENT
+    assert path.stat().st_mode & 0o7777 == 0o640
+    assert sorted(tmp_path.iterdir()) == sorted([path, victim, *planted])  # no leftover
+
+
+def test_a_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "domxml"
+    path.write_text(VDSM_XML)
+
+    def fail(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(start.os, "replace", fail)
+    assert start.main({"_hook_domxml": str(path)}) == 0
+    assert path.read_text() == VDSM_XML
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_destroy_finds_the_socket_in_the_config_as_the_libvirt_hook_does(
+        tmp_path: Path) -> None:
+    config = tmp_path / "autoballoon.toml"
+    config.write_text('[daemon]\ncontrol_socket = "/run/elsewhere/ctl.sock"\n')
+    assert destroy.control_socket({"AUTOBALLOON_CONFIG": str(config)}) == \
+        "/run/elsewhere/ctl.sock"
+    assert destroy.control_socket({"AUTOBALLOON_CONFIG": str(config),
+                                   "AUTOBALLOON_CONTROL_SOCKET": "/env.sock"}) == "/env.sock"
+    for bad in ("[daemon\n", "daemon = 3\n", '[daemon]\ncontrol_socket = 7\n',
+                "# " + "x" * destroy.MAX_CONFIG + "\n"):
+        config.write_text(bad)
+        assert destroy.control_socket({"AUTOBALLOON_CONFIG": str(config)}) == \
+            destroy.DEFAULT_SOCKET
+    assert destroy.control_socket({"AUTOBALLOON_CONFIG": str(tmp_path / "absent")}) == \
+        destroy.DEFAULT_SOCKET
