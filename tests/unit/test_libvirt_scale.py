@@ -81,7 +81,9 @@ def make_engine() -> Engine:
     manager = create_plugin_manager(block=others, extra=[(ScalePlugin(), "scale-policy")])
     registry = collect(manager)
     config = build_config({
-        "engine": {"policy": POLICY},
+        # correctness at scale, not speed (bench_libvirt_scale measures that): a loaded
+        # machine must not turn a slow command into a timeout here
+        "engine": {"policy": POLICY, "actuator_timeout": "60s"},
         "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": 2}},
         "guards": {"cooldown": 0},
     }, registry)
