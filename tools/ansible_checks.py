@@ -12,7 +12,11 @@ a path) and runs there, in order:
    pointed there: downloaded once, reused after). ansible-test bootstraps pip
    into those virtualenvs with a script it downloads from outside PyPI; this
    tool puts a local stand-in in its cache instead (see :func:`seed_get_pip`),
-   so PyPI is the only network source;
+   so the package index is the only network source. pip is configured as the
+   caller's pip is: ansible-test passes pip only HOME and PATH, so the caller's
+   user pip.conf and ``PIP_*`` variables are copied into that HOME (see
+   :func:`seed_pip_config`); /etc/pip.conf and /etc/xdg/pip/pip.conf apply as
+   they are (a private mirror or CA configured there keeps working);
 2. ``ansible-test units`` (the collection's ``tests/unit``; its
    ``tests/unit/requirements.txt`` brings libvirt-python, which builds against
    the Debian packages ``libvirt-dev`` and ``pkg-config``);
@@ -25,13 +29,14 @@ Run it with the project's virtualenv first on PATH (ansible-test, ansible-lint).
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,16 +52,61 @@ GET_PIP_STANDIN = '''"""Stand-in for get-pip.py written by autoballoon's tools/a
 
 ansible-test runs it inside a new virtualenv with pip's install arguments
 (plus --no-setuptools / --no-wheel): install the interpreter's bundled pip
-with ensurepip, then let that pip install what was asked, from PyPI.
+with ensurepip, then let that pip install what was asked, configured as pip
+is on this machine (pip.conf: index, mirror, CA).
+
+ensurepip runs in a child process: its bootstrap() sets PIP_CONFIG_FILE to
+os.devnull in its own environment, which would make the pip install below
+ignore every pip.conf.
 """
-import ensurepip
 import subprocess
 import sys
 
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
-ensurepip.bootstrap(upgrade=True)
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade"])
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
 '''
+# pip settings that are not options, or that would break the stand-in.
+PIP_ENV_SKIPPED = frozenset({"PIP_CONFIG_FILE", "PIP_REQUIRE_VIRTUALENV", "PIP_PYTHON"})
+
+
+def user_pip_config(environ: Mapping[str, str]) -> Path | None:
+    """The pip configuration file of the calling user that pip would read, if any."""
+    named = environ.get("PIP_CONFIG_FILE")
+    if named:
+        return None if named == os.devnull else Path(named)
+    home = Path(environ.get("HOME", str(Path.home())))
+    config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    for candidate in (config_home / "pip" / "pip.conf", home / ".pip" / "pip.conf"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def seed_pip_config(home: Path, environ: Mapping[str, str]) -> Path:
+    """Give the HOME ansible-test runs with the caller's pip configuration.
+
+    ansible-test runs pip with HOME (here ``home``) and PATH only: the
+    caller's user pip.conf and ``PIP_*`` variables would be lost (the system's
+    /etc/pip.conf and /etc/xdg/pip/pip.conf are still read). This writes
+    ``home/.config/pip/pip.conf``: the caller's user file, then each
+    ``PIP_<OPTION>`` variable as ``<option>`` in ``[global]`` (variables win, as
+    in pip). Returns the file written.
+    """
+    config = configparser.RawConfigParser()
+    source = user_pip_config(environ)
+    if source is not None and source.is_file():
+        config.read(source)
+    for key, value in sorted(environ.items()):
+        if key.startswith("PIP_") and key not in PIP_ENV_SKIPPED:
+            if not config.has_section("global"):
+                config.add_section("global")
+            config.set("global", key[4:].lower().replace("_", "-"), value)
+    target = home / ".config" / "pip" / "pip.conf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as out:
+        config.write(out)
+    return target
 
 
 def build_tree(base: Path, source: Path = COLLECTION) -> Path:
@@ -64,6 +114,26 @@ def build_tree(base: Path, source: Path = COLLECTION) -> Path:
     target = base / "ansible_collections" / NAMESPACE / NAME
     shutil.copytree(source, target, ignore=IGNORED)
     return target
+
+
+def install_tarball(base: Path, source: Path = COLLECTION) -> Path:
+    """Build the collection as Galaxy would and install the tarball under ``base``.
+
+    ``ansible-galaxy collection build`` (which applies galaxy.yml's
+    ``build_ignore``) writes the tarball to ``base/dist``; ``ansible-galaxy
+    collection install`` puts it into ``base/collections``. Returns that
+    collections path (for ``ANSIBLE_COLLECTIONS_PATH``).
+    """
+    galaxy = tool("ansible-galaxy")
+    dist, collections = base / "dist", base / "collections"
+    env = {**os.environ, "ANSIBLE_HOME": str(base / ".ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(base / ".ansible-tmp")}
+    subprocess.run([galaxy, "collection", "build", "--output-path", str(dist), str(source)],
+                   check=True, env=env, capture_output=True, text=True)
+    tarball = next(dist.glob(f"{NAMESPACE}-{NAME}-*.tar.gz"))
+    subprocess.run([galaxy, "collection", "install", "--offline", "-p", str(collections),
+                    str(tarball)], check=True, env=env, capture_output=True, text=True)
+    return collections
 
 
 def tool(name: str) -> str:
@@ -127,6 +197,7 @@ def run(steps: Sequence[str], python: str, keep: bool) -> int:
             subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
         env = environment(base)
         seed_get_pip(CACHE_HOME, python)
+        seed_pip_config(CACHE_HOME, os.environ)
         try:
             todo = commands(python)
         except FileNotFoundError as exc:
