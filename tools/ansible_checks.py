@@ -20,7 +20,12 @@ a path) and runs there, in order:
 2. ``ansible-test units`` (the collection's ``tests/unit``; its
    ``tests/unit/requirements.txt`` brings libvirt-python, which builds against
    the Debian packages ``libvirt-dev`` and ``pkg-config``);
-3. ``ansible-lint --profile production`` on the collection.
+3. ``ansible-test integration --local`` (the targets in
+   ``tests/integration/targets``: ``autoballoon_domain`` against libvirt's
+   test driver, ``autoballoon_info`` against a real ``autoballoond`` started
+   from this Python's environment);
+4. ``ansible-lint --profile production`` on the collection, then on the
+   molecule scenario's playbooks (``molecule-lint``).
 
 Exit status: 0 when all passed, 1 when one failed, 2 when a tool is missing.
 Run it with the project's virtualenv first on PATH (ansible-test, ansible-lint).
@@ -45,7 +50,7 @@ NAMESPACE, NAME = "autoballoon", "kvm"
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "output", ".ansible",
                                  ".ruff_cache",
                                  "*.tar.gz")
-STEPS = ("sanity", "units", "lint")
+STEPS = ("sanity", "units", "integration", "lint", "molecule-lint")
 CACHE_HOME = ROOT / ".cache" / "ansible-test"
 
 GET_PIP_STANDIN = '''"""Stand-in for get-pip.py written by autoballoon's tools/ansible_checks.py.
@@ -128,11 +133,15 @@ def install_tarball(base: Path, source: Path = COLLECTION) -> Path:
     dist, collections = base / "dist", base / "collections"
     env = {**os.environ, "ANSIBLE_HOME": str(base / ".ansible-home"),
            "ANSIBLE_LOCAL_TEMP": str(base / ".ansible-tmp")}
-    subprocess.run([galaxy, "collection", "build", "--output-path", str(dist), str(source)],
-                   check=True, env=env, capture_output=True, text=True)
-    tarball = next(dist.glob(f"{NAMESPACE}-{NAME}-*.tar.gz"))
-    subprocess.run([galaxy, "collection", "install", "--offline", "-p", str(collections),
-                    str(tarball)], check=True, env=env, capture_output=True, text=True)
+    for command in (["build", "--output-path", str(dist), str(source)],
+                    ["install", "--offline", "-p", str(collections), str(dist)]):
+        if command[0] == "install":  # the tarball build just wrote
+            command[-1] = str(next(dist.glob(f"{NAMESPACE}-{NAME}-*.tar.gz")))
+        proc = subprocess.run([galaxy, "collection", *command], env=env, capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ansible-galaxy collection {command[0]} failed:\n"
+                               f"{proc.stdout}{proc.stderr}")
     return collections
 
 
@@ -156,8 +165,15 @@ def commands(python: str) -> dict[str, list[str]]:
         # tests/unit/requirements.txt (pip's cache under CACHE_HOME makes reruns quick).
         "units": [tool("ansible-test"), "units", "--python", python, "--venv", "--requirements",
                   "--color", "no"],
+        # integration: tests/integration/targets, on this machine (libvirt's test
+        # driver; a real autoballoond from this Python's environment).
+        "integration": [tool("ansible-test"), "integration", "--python", python, "--local",
+                        "--color", "no"],
         "lint": [tool("ansible-lint"), "--profile", "production", "--offline", "--nocolor",
                  "."],
+        # the molecule playbooks, which use the collection from the temporary tree
+        "molecule-lint": [tool("ansible-lint"), "--profile", "production", "--offline",
+                          "--nocolor", str(ROOT / "molecule")],
     }
 
 
@@ -206,7 +222,8 @@ def run(steps: Sequence[str], python: str, keep: bool) -> int:
         for step in steps:
             started = time.monotonic()
             print(f"== {step}: {' '.join(todo[step])}", flush=True)
-            result = subprocess.run(todo[step], cwd=tree, env=env, check=False)
+            cwd = ROOT if step == "molecule-lint" else tree
+            result = subprocess.run(todo[step], cwd=cwd, env=env, check=False)
             took = time.monotonic() - started
             status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
             print(f"== {step}: {status} in {took:.1f} s", flush=True)
