@@ -84,9 +84,11 @@ def install(collections: Path, work: Path, wheels: Path,
 
 def installed(work: Path, name: str) -> str | None:
     """The version of distribution ``name`` in the role's virtualenv, or None."""
-    proc = subprocess.run([str(work / "venv" / "bin" / "python"), "-c",
+    # -I: not this checkout's own metadata from the working directory
+    proc = subprocess.run([str(work / "venv" / "bin" / "python"), "-I", "-c",
                            "import sys, importlib.metadata as m; print(m.version(sys.argv[1]))",
-                           name], capture_output=True, text=True, timeout=60, check=False)
+                           name], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=work)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 

@@ -117,3 +117,32 @@ def test_rejected_configuration_keeps_the_current_file(collections_path: Path,
     assert proc.returncode != 0
     assert "no-such-policy" in proc.stdout, proc.stdout
     assert config_file.read_text() == good
+
+
+RENDER = """- name: Render the role's configuration template alone
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Load the role's defaults and derived values
+      ansible.builtin.include_vars:
+        file: "{{ role }}/{{ item }}/main.yml"
+      loop: [defaults, vars]
+    - name: Render
+      ansible.builtin.template:
+        src: "{{ role }}/templates/autoballoon.toml.j2"
+        dest: "{{ out }}"
+        mode: "0644"
+"""
+
+
+def test_nested_values_are_written_as_toml(collections_path: Path, tmp_path: Path) -> None:
+    """Tables inside a table's values become TOML inline tables, not Python reprs."""
+    nested = {"enabled": True, "levels": {"low": 10, "medium": {"deep": [1, "a b"]}},
+              "weird key": "x", "empty": {}, "list of tables": [{"a": 1}, {"b": [True]}]}
+    role = collections_path / "ansible_collections" / "autoballoon" / "kvm" / "roles" / "host"
+    out = tmp_path / "autoballoon.toml"
+    proc = playbook(collections_path, tmp_path, RENDER,
+                    {"role": str(role), "out": str(out),
+                     "autoballoon_sources": {"psi": nested}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert tomllib.loads(out.read_text())["sources"]["psi"] == nested
