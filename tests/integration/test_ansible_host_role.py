@@ -146,3 +146,26 @@ def test_nested_values_are_written_as_toml(collections_path: Path, tmp_path: Pat
                      "autoballoon_sources": {"psi": nested}})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tomllib.loads(out.read_text())["sources"]["psi"] == nested
+
+
+def test_libvirt_daemon_is_restarted_only_for_a_new_hook(collections_path: Path,
+                                                          tmp_path: Path) -> None:
+    """An updated hook is read at its next call: only a first installation restarts.
+
+    There is no systemd here, so a restart attempt fails the play: that failure
+    is how the test sees the attempt.
+    """
+    restart = {**SETTINGS, "autoballoon_libvirt_restart_on_hook_change": True,
+               "autoballoon_libvirt_service": "autoballoon-test-libvirtd"}
+    first = play(collections_path, tmp_path, restart)
+    assert first.returncode != 0
+    assert "fatal: [localhost]" in first.stdout.split(
+        "TASK [autoballoon.kvm.host : Restart the libvirt daemon to find the new hook]")[1], \
+        first.stdout
+    hook = tmp_path / "hooks" / "qemu.d" / "autoballoon"
+    assert hook.exists()
+
+    updated = play(collections_path, tmp_path,
+                   {**restart, "autoballoon_python": "/usr/bin/python3"})
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert hook.read_text().startswith("#!/usr/bin/python3\n")
