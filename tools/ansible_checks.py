@@ -12,7 +12,11 @@ path) and runs there, in order:
    pointed there: downloaded once, reused after). ansible-test bootstraps pip
    into those virtualenvs with a script it downloads from outside PyPI; this
    tool puts a local stand-in in its cache instead (see :func:`seed_get_pip`),
-   so PyPI is the only network source;
+   so the package index is the only network source. pip is configured as the
+   caller's pip is: ansible-test passes pip only HOME and PATH, so the caller's
+   user pip.conf and ``PIP_*`` variables are copied into that HOME (see
+   :func:`seed_pip_config`); /etc/pip.conf and /etc/xdg/pip/pip.conf apply as
+   they are (a private mirror or CA configured there keeps working);
 2. ``ansible-test units`` (the collection's ``tests/unit``; its
    ``tests/unit/requirements.txt`` brings libvirt-python, which builds against
    the Debian packages ``libvirt-dev`` and ``pkg-config``). ansible-test keeps
@@ -20,7 +24,12 @@ path) and runs there, in order:
    path stays the same and ``tests/output`` is kept from run to run (the rest
    is copied afresh), so the virtualenv is created and filled once, and later
    runs only check its requirements;
-3. ``ansible-lint --profile production`` on the collection.
+3. ``ansible-test integration --local`` (the targets in
+   ``tests/integration/targets``: ``autoballoon_domain`` against libvirt's
+   test driver, ``autoballoon_info`` against a real ``autoballoond`` started
+   from this Python's environment);
+4. ``ansible-lint --profile production`` on the collection, then on the
+   molecule scenario's playbooks (``molecule-lint``).
 
 Exit status: 0 when all passed, 1 when one failed, 2 when a tool is missing.
 Run it with the project's virtualenv first on PATH (ansible-test, ansible-lint).
@@ -29,12 +38,13 @@ Run it with the project's virtualenv first on PATH (ansible-test, ansible-lint).
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +53,7 @@ NAMESPACE, NAME = "autoballoon", "kvm"
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "output", ".ansible",
                                  ".ruff_cache",
                                  "*.tar.gz")
-STEPS = ("sanity", "units", "lint")
+STEPS = ("sanity", "units", "integration", "lint", "molecule-lint")
 CACHE_HOME = ROOT / ".cache" / "ansible-test"
 TREE_BASE = CACHE_HOME / "tree"
 KEPT = ("tests", "output")  # ansible-test's output, with the units virtualenv
@@ -52,16 +62,61 @@ GET_PIP_STANDIN = '''"""Stand-in for get-pip.py written by autoballoon's tools/a
 
 ansible-test runs it inside a new virtualenv with pip's install arguments
 (plus --no-setuptools / --no-wheel): install the interpreter's bundled pip
-with ensurepip, then let that pip install what was asked, from PyPI.
+with ensurepip, then let that pip install what was asked, configured as pip
+is on this machine (pip.conf: index, mirror, CA).
+
+ensurepip runs in a child process: its bootstrap() sets PIP_CONFIG_FILE to
+os.devnull in its own environment, which would make the pip install below
+ignore every pip.conf.
 """
-import ensurepip
 import subprocess
 import sys
 
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
-ensurepip.bootstrap(upgrade=True)
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade"])
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
 '''
+# pip settings that are not options, or that would break the stand-in.
+PIP_ENV_SKIPPED = frozenset({"PIP_CONFIG_FILE", "PIP_REQUIRE_VIRTUALENV", "PIP_PYTHON"})
+
+
+def user_pip_config(environ: Mapping[str, str]) -> Path | None:
+    """The pip configuration file of the calling user that pip would read, if any."""
+    named = environ.get("PIP_CONFIG_FILE")
+    if named:
+        return None if named == os.devnull else Path(named)
+    home = Path(environ.get("HOME", str(Path.home())))
+    config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    for candidate in (config_home / "pip" / "pip.conf", home / ".pip" / "pip.conf"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def seed_pip_config(home: Path, environ: Mapping[str, str]) -> Path:
+    """Give the HOME ansible-test runs with the caller's pip configuration.
+
+    ansible-test runs pip with HOME (here ``home``) and PATH only: the
+    caller's user pip.conf and ``PIP_*`` variables would be lost (the system's
+    /etc/pip.conf and /etc/xdg/pip/pip.conf are still read). This writes
+    ``home/.config/pip/pip.conf``: the caller's user file, then each
+    ``PIP_<OPTION>`` variable as ``<option>`` in ``[global]`` (variables win, as
+    in pip). Returns the file written.
+    """
+    config = configparser.RawConfigParser()
+    source = user_pip_config(environ)
+    if source is not None and source.is_file():
+        config.read(source)
+    for key, value in sorted(environ.items()):
+        if key.startswith("PIP_") and key not in PIP_ENV_SKIPPED:
+            if not config.has_section("global"):
+                config.add_section("global")
+            config.set("global", key[4:].lower().replace("_", "-"), value)
+    target = home / ".config" / "pip" / "pip.conf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as out:
+        config.write(out)
+    return target
 
 
 def build_tree(base: Path, source: Path = COLLECTION) -> Path:
@@ -69,6 +124,30 @@ def build_tree(base: Path, source: Path = COLLECTION) -> Path:
     target = base / "ansible_collections" / NAMESPACE / NAME
     shutil.copytree(source, target, ignore=IGNORED)
     return target
+
+
+def install_tarball(base: Path, source: Path = COLLECTION) -> Path:
+    """Build the collection as Galaxy would and install the tarball under ``base``.
+
+    ``ansible-galaxy collection build`` (which applies galaxy.yml's
+    ``build_ignore``) writes the tarball to ``base/dist``; ``ansible-galaxy
+    collection install`` puts it into ``base/collections``. Returns that
+    collections path (for ``ANSIBLE_COLLECTIONS_PATH``).
+    """
+    galaxy = tool("ansible-galaxy")
+    dist, collections = base / "dist", base / "collections"
+    env = {**os.environ, "ANSIBLE_HOME": str(base / ".ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(base / ".ansible-tmp")}
+    for command in (["build", "--output-path", str(dist), str(source)],
+                    ["install", "--offline", "-p", str(collections), str(dist)]):
+        if command[0] == "install":  # the tarball build just wrote
+            command[-1] = str(next(dist.glob(f"{NAMESPACE}-{NAME}-*.tar.gz")))
+        proc = subprocess.run([galaxy, "collection", *command], env=env, capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ansible-galaxy collection {command[0]} failed:\n"
+                               f"{proc.stdout}{proc.stderr}")
+    return collections
 
 
 def tool(name: str) -> str:
@@ -91,8 +170,15 @@ def commands(python: str) -> dict[str, list[str]]:
         # tests/unit/requirements.txt (pip's cache under CACHE_HOME makes reruns quick).
         "units": [tool("ansible-test"), "units", "--python", python, "--venv", "--requirements",
                   "--color", "no"],
+        # integration: tests/integration/targets, on this machine (libvirt's test
+        # driver; a real autoballoond from this Python's environment).
+        "integration": [tool("ansible-test"), "integration", "--python", python, "--local",
+                        "--color", "no"],
         "lint": [tool("ansible-lint"), "--profile", "production", "--offline", "--nocolor",
                  "."],
+        # the molecule playbooks, which use the collection from the temporary tree
+        "molecule-lint": [tool("ansible-lint"), "--profile", "production", "--offline",
+                          "--nocolor", str(ROOT / "molecule")],
     }
 
 
@@ -160,6 +246,7 @@ def run(steps: Sequence[str], python: str, keep: bool) -> int:
             subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
         env = environment(base)
         seed_get_pip(CACHE_HOME, python)
+        seed_pip_config(CACHE_HOME, os.environ)
         try:
             todo = commands(python)
         except FileNotFoundError as exc:
@@ -168,7 +255,8 @@ def run(steps: Sequence[str], python: str, keep: bool) -> int:
         for step in steps:
             started = time.monotonic()
             print(f"== {step}: {' '.join(todo[step])}", flush=True)
-            result = subprocess.run(todo[step], cwd=tree, env=env, check=False)
+            cwd = ROOT if step == "molecule-lint" else tree
+            result = subprocess.run(todo[step], cwd=cwd, env=env, check=False)
             took = time.monotonic() - started
             status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
             print(f"== {step}: {status} in {took:.1f} s", flush=True)

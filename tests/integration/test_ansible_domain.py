@@ -9,7 +9,6 @@ second check finds nothing left to do. The domain is defined, never booted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import installed_collection
 from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 libvirt = pytest.importorskip("libvirt")
@@ -43,23 +43,12 @@ DOMAIN_XML = """<domain type='qemu'>
 </domain>"""
 
 
-def _ansible_checks() -> Any:
-    spec = importlib.util.spec_from_file_location("ansible_checks",
-                                                  ROOT / "tools" / "ansible_checks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A temporary ``ansible_collections/autoballoon/kvm`` tree; returns its base."""
+    """The collection installed from its tarball; returns the collections path."""
     ansible = Path(sys.executable).parent / "ansible"
     require(ansible.exists(), "ansible-core is not installed (the project's extra 'ansible')")
-    base = tmp_path_factory.mktemp("collections")
-    _ansible_checks().build_tree(base)
-    return base
+    return installed_collection(tmp_path_factory.mktemp("galaxy"))
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """The ``autoballoon.kvm.host`` role's configuration part on this machine.
 
-Runs the role with ``ansible-playbook`` (tags ``autoballoon_configure``: the
-install and systemd parts need a systemd host, see the molecule scenario)
-into temporary directories, with the project's own ``autoballoonctl`` as the
-validator. Checks: the rendered ``autoballoon.toml`` passes ``check-config``
-and says what the variables say; a second run changes nothing; check mode
-changes nothing; a variable of the wrong type is rejected by
+Runs the role, installed from the collection's tarball, with
+``ansible-playbook`` (tags ``autoballoon_configure``: the install and systemd
+parts need a systemd host, see the molecule scenario) into temporary
+directories, with the project's own ``autoballoonctl`` as the validator.
+Checks: the rendered ``autoballoon.toml`` passes ``check-config`` and says
+what the variables say; a second run changes nothing; check mode changes
+nothing; a variable of the wrong type is rejected by
 ``meta/argument_specs.yml`` before anything changes; a configuration the
 daemon would reject never replaces the current file; the hook installed is
 ``hooks/libvirt/qemu`` with the configured interpreter.
@@ -13,10 +14,7 @@ daemon would reject never replaces the current file; the hook installed is
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import re
 import subprocess
 import sys
 import tomllib
@@ -24,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import ROOT, playbook, recap, root_collection
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "hooks" / "libvirt" / "qemu"
 PLAYBOOK = """- name: Configure autoballoon
   hosts: localhost
@@ -37,30 +35,14 @@ PLAYBOOK = """- name: Configure autoballoon
 """
 
 
-def _build_tree(base: Path) -> None:
-    spec = importlib.util.spec_from_file_location("ansible_checks",
-                                                  ROOT / "tools" / "ansible_checks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build_tree(base)
-
-
 @pytest.fixture(scope="module")
 def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (Path(sys.executable).parent / "ansible-playbook").exists():
-        pytest.fail("ansible-playbook is not installed beside this Python (extra 'ansible')")
-    if os.geteuid() != 0:
-        pytest.skip("the role writes files owned by root")
-    base = tmp_path_factory.mktemp("collections")
-    _build_tree(base)
-    return base
+    return root_collection(tmp_path_factory)
 
 
 def play(base: Path, work: Path, extra: dict[str, Any], *,
          check: bool = False) -> subprocess.CompletedProcess[str]:
     variables = {
-        "ansible_python_interpreter": sys.executable,
         "autoballoon_venv": str(Path(sys.executable).parent.parent),
         "autoballoon_python": sys.executable,
         "autoballoon_config_dir": str(work / "etc"),
@@ -69,30 +51,8 @@ def play(base: Path, work: Path, extra: dict[str, Any], *,
         "autoballoon_service_state": "stopped",
         **extra,
     }
-    (work / "vars.json").write_text(json.dumps(variables))
-    (work / "play.yml").write_text(PLAYBOOK)
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(base),
-        "ANSIBLE_HOME": str(base / ".ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(base / ".ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_DEPRECATION_WARNINGS": "0",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-c", "local", "-i",
-               "localhost,", str(work / "play.yml"), "-e", f"@{work / 'vars.json'}",
-               "--tags", "autoballoon_configure"]
-    if check:
-        command.append("--check")
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
-
-
-def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
-    match = re.search(r"localhost\s*:\s*(.*)", proc.stdout.split("PLAY RECAP")[-1])
-    assert match, proc.stdout + proc.stderr
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    options = ["--tags", "autoballoon_configure", *(["--check"] if check else [])]
+    return playbook(base, work, PLAYBOOK, variables, *options)
 
 
 SETTINGS: dict[str, Any] = {
@@ -157,3 +117,55 @@ def test_rejected_configuration_keeps_the_current_file(collections_path: Path,
     assert proc.returncode != 0
     assert "no-such-policy" in proc.stdout, proc.stdout
     assert config_file.read_text() == good
+
+
+RENDER = """- name: Render the role's configuration template alone
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Load the role's defaults and derived values
+      ansible.builtin.include_vars:
+        file: "{{ role }}/{{ item }}/main.yml"
+      loop: [defaults, vars]
+    - name: Render
+      ansible.builtin.template:
+        src: "{{ role }}/templates/autoballoon.toml.j2"
+        dest: "{{ out }}"
+        mode: "0644"
+"""
+
+
+def test_nested_values_are_written_as_toml(collections_path: Path, tmp_path: Path) -> None:
+    """Tables inside a table's values become TOML inline tables, not Python reprs."""
+    nested = {"enabled": True, "levels": {"low": 10, "medium": {"deep": [1, "a b"]}},
+              "weird key": "x", "empty": {}, "list of tables": [{"a": 1}, {"b": [True]}]}
+    role = collections_path / "ansible_collections" / "autoballoon" / "kvm" / "roles" / "host"
+    out = tmp_path / "autoballoon.toml"
+    proc = playbook(collections_path, tmp_path, RENDER,
+                    {"role": str(role), "out": str(out),
+                     "autoballoon_sources": {"psi": nested}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert tomllib.loads(out.read_text())["sources"]["psi"] == nested
+
+
+def test_libvirt_daemon_is_restarted_only_for_a_new_hook(collections_path: Path,
+                                                          tmp_path: Path) -> None:
+    """An updated hook is read at its next call: only a first installation restarts.
+
+    There is no systemd here, so a restart attempt fails the play: that failure
+    is how the test sees the attempt.
+    """
+    restart = {**SETTINGS, "autoballoon_libvirt_restart_on_hook_change": True,
+               "autoballoon_libvirt_service": "autoballoon-test-libvirtd"}
+    first = play(collections_path, tmp_path, restart)
+    assert first.returncode != 0
+    assert "fatal: [localhost]" in first.stdout.split(
+        "TASK [autoballoon.kvm.host : Restart the libvirt daemon to find the new hook]")[1], \
+        first.stdout
+    hook = tmp_path / "hooks" / "qemu.d" / "autoballoon"
+    assert hook.exists()
+
+    updated = play(collections_path, tmp_path,
+                   {**restart, "autoballoon_python": "/usr/bin/python3"})
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert hook.read_text().startswith("#!/usr/bin/python3\n")

@@ -103,9 +103,12 @@ def inspect(xml_text):
     return facts
 
 
-def wanted_metadata(current, managed=None, floor=None, weight=None):
-    """The metadata attributes after setting the given ones (None: keep as is)."""
-    result = dict(current)
+def wanted_metadata(current, managed=None, floor=None, weight=None, unset=()):
+    """The metadata attributes after setting the given ones (None: keep as is).
+
+    ``unset`` names attributes to remove (the daemon's defaults apply again).
+    """
+    result = dict((k, v) for k, v in current.items() if k not in unset)
     if managed is not None:
         result["managed"] = "yes" if managed else "no"
     if floor is not None:

@@ -27,19 +27,14 @@ description:
     events.
 author:
   - autoballoon developers (@autoballoon)
-requirements:
-  - libvirt-python (the C(libvirt) Python binding)
+extends_documentation_fragment:
+  - autoballoon.kvm.libvirt
 options:
   name:
     description:
       - Name of the libvirt domain.
     type: str
     required: true
-  uri:
-    description:
-      - libvirt connection URI.
-    type: str
-    default: qemu:///system
   stats_period:
     description:
       - Balloon statistics period in seconds; C(0) turns statistics off.
@@ -76,6 +71,15 @@ options:
     description:
       - Share weight of the domain, from 0 to 1000. Left as it is when not given.
     type: float
+  unset:
+    description:
+      - Metadata attributes to remove, so that the daemon's configuration
+        (C([guests]) tables, then its defaults) applies to the domain again.
+      - An attribute cannot be both set and unset.
+    type: list
+    elements: str
+    choices: [managed, floor, weight]
+    default: []
 attributes:
   check_mode:
     support: full
@@ -202,15 +206,15 @@ class DomainBalloon(object):
             before_xml, params["stats_period"], params["autodeflate"],
             params["free_page_reporting"], params["agent_channel"])
         meta = wanted_metadata(before["metadata"], params["managed"], params["floor"],
-                               params["weight"])
+                               params["weight"], params["unset"])
         meta_changed = meta != before["metadata"]
         live_meta_changed = False
         live_period_changed = False
         if active:
             live = inspect(self.dom.XMLDesc(0))
             live_meta_changed = wanted_metadata(
-                live["metadata"], params["managed"], params["floor"], params["weight"]
-            ) != live["metadata"]
+                live["metadata"], params["managed"], params["floor"], params["weight"],
+                params["unset"]) != live["metadata"]
             live_period_changed = (live["balloon_model"] == "virtio"
                                    and params["stats_period"] > 0
                                    and live["stats_period"] != params["stats_period"])
@@ -277,6 +281,8 @@ def main():
             managed=dict(type="bool"),
             floor=dict(type="str"),
             weight=dict(type="float"),
+            unset=dict(type="list", elements="str", choices=["managed", "floor", "weight"],
+                       default=[]),
         ),
         supports_check_mode=True,
     )
@@ -287,6 +293,9 @@ def main():
     if params["stats_period"] < 0 or params["stats_period"] > 86400:
         module.fail_json(msg="stats_period must be between 0 and 86400 seconds, got %d"
                          % params["stats_period"])
+    both = [key for key in params["unset"] if params[key] is not None]
+    if both:
+        module.fail_json(msg="%s both set and unset" % ", ".join(both))
     if params["floor"] is not None and not valid_size(params["floor"]):
         module.fail_json(msg="floor %r is not a size (examples: 512MiB, 1G, 1073741824)"
                          % params["floor"])

@@ -55,7 +55,7 @@ EXAMPLES = r"""
 
 - name: Show web1's balloon
   ansible.builtin.debug:
-    msg: "{{ ansible_facts.autoballoon.guests['libvirt:web1'].actual }}"
+    msg: "{{ autoballoon_status.guests_by_id['libvirt:web1'].actual }}"
 
 - name: Fail when a guest is stalled
   ansible.builtin.assert:
@@ -106,16 +106,14 @@ counters:
   sample:
     events: 12
     rounds: 3
-ansible_facts:
-  description: The status as the C(autoballoon) fact, guests keyed by id.
+guests_by_id:
+  description: The same guests as RV(guests), keyed by guest id.
   returned: always
   type: dict
-  contains:
-    autoballoon:
-      description: C(policy), C(dry_run), C(host), C(counters) and C(guests), a dict of
-        guests keyed by guest id.
-      type: dict
-      returned: always
+  sample:
+    libvirt:web1:
+      id: libvirt:web1
+      actual: 1610612736
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -156,10 +154,9 @@ def main():
         host=status.get("host") or {},
         counters=status.get("counters") or {},
     )
-    facts = dict(summary)
-    facts["guests"] = dict((g.get("id"), g) for g in guests)
-    module.exit_json(changed=False, guests=guests, ansible_facts=dict(autoballoon=facts),
-                     **summary)
+    # Returned, not set as ansible_facts: only *_facts modules set facts.
+    module.exit_json(changed=False, guests=guests,
+                     guests_by_id=dict((g.get("id"), g) for g in guests), **summary)
 
 
 if __name__ == "__main__":

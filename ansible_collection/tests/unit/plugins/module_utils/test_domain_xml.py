@@ -132,6 +132,10 @@ def test_metadata():
     assert wanted_metadata(current, managed=False) == dict(current, managed="no")
     assert wanted_metadata(current, floor=" 1GiB ", weight=2.5) == {"floor": "1GiB",
                                                                     "weight": "2.5"}
+    assert wanted_metadata(current, unset=["floor", "weight"]) == {
+        k: v for k, v in current.items() if k not in ("floor", "weight")}
+    assert wanted_metadata({"floor": "1G", "weight": "2"}, weight=3, unset=["floor"]) == {
+        "weight": "3"}
     elem = ET.fromstring(metadata_xml({"managed": "yes", "floor": "1G"}))
     assert elem.tag == "guest" and elem.attrib == {"managed": "yes", "floor": "1G"}
 

@@ -72,6 +72,15 @@ def test_opt_out_only_touches_the_managed_attribute(capsys, domain):
     assert result["domain"]["metadata"] == {"floor": "1GiB", "managed": "no"}
 
 
+def test_unset_removes_floor_and_weight(capsys, domain):
+    run(capsys, name=domain, floor="1GiB", weight=2, managed=True)
+    result = run(capsys, name=domain, unset=["floor", "weight"])
+    assert result["changed"]
+    assert result["domain"]["metadata"] == {"managed": "yes"}
+    again = run(capsys, name=domain, unset=["floor", "weight"])
+    assert not again["changed"], again["changes"]
+
+
 def test_missing_domain_fails_clearly(capsys):
     result = run(capsys, name="no-such-domain-here")
     assert result["failed"]
@@ -88,6 +97,7 @@ def test_unreachable_libvirt_fails_clearly(capsys):
     ({"floor": "lots"}, "is not a size"),
     ({"weight": 5000.0}, "weight must be between"),
     ({"stats_period": -1}, "stats_period must be between"),
+    ({"floor": "1GiB", "unset": ["floor"]}, "floor both set and unset"),
 ])
 def test_bad_arguments(capsys, domain, args, needle):
     result = run(capsys, name=domain, **args)

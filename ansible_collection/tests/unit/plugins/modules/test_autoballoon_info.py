@@ -67,16 +67,16 @@ def run(capsys, **args):
     return json.loads(capsys.readouterr().out)
 
 
-def test_status_and_facts(capsys, daemon):
+def test_status_is_returned_not_set_as_facts(capsys, daemon):
     daemon["start"]()
     result = run(capsys, socket=daemon["path"])
     assert daemon["requests"] == [{"cmd": "status"}]
     assert not result["changed"]
     assert result["policy"] == "seed-levels"
     assert [g["id"] for g in result["guests"]] == ["libvirt:web1", "libvirt:db1"]
-    facts = result["ansible_facts"]["autoballoon"]
-    assert facts["guests"]["libvirt:db1"]["actual"] == 20
-    assert facts["counters"]["events"] == 3
+    assert "ansible_facts" not in result
+    assert result["guests_by_id"]["libvirt:db1"]["actual"] == 20
+    assert result["counters"]["events"] == 3
 
 
 def test_guest_filter_by_name_or_id(capsys, daemon):
