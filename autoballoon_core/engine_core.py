@@ -274,6 +274,7 @@ class EngineCore:
         state.target_bytes = actual
         state.target_set_time = None
         state.last_action = "adopted"
+        state.last_action_time = now
         state.last_reason = "guest deflated itself (deflate-on-oom)"
         return PressureEvent("deflate-on-oom", PressureLevel.MEDIUM, now, guest=guest)
 

@@ -129,10 +129,14 @@ def _review_one(
     target = clamp(settings, guest, decision.target, previous)
     inflating = target < previous
     # the one exception: a claimant holding more than its fair share of a host at
-    # CRITICAL gives back down to that share, no lower
-    if inflating and under_pressure(guest) and (fair is None or target < fair):
+    # CRITICAL gives back down to that share, no lower; never a guest whose balloon
+    # gave way to its own OOM since the last action (squeezing it only fights
+    # deflate-on-oom)
+    if inflating and under_pressure(guest) and (
+            fair is None or target < fair or guest.last_action == "adopted"):
         return veto("guest reports memory pressure: never inflated while it lasts"
-                        + ("" if fair is None else " below its fair share"))
+                    + ("" if fair is None else
+                       " below its fair share or after deflating itself"))
     if inflating and now < guest.stalled_until:
         return veto("balloon stalled: backing off")
     if (decision.origin is not Origin.STALL and guest.last_action_time is not None

@@ -46,6 +46,10 @@ class GuestConfig:
     extra_append: tuple[str, ...] = ()
     extra_qemu_args: tuple[str, ...] = ()
     pvh_boot: bool = True
+    tcg_tb_size_mib: int | None = None
+    """Cap of TCG's translation cache (QEMU's default is 1 GiB, filled as code is
+    translated: QEMU's own memory then grows by hundreds of MiB over minutes, which
+    a KVM host never sees). The overcommit benchmarks cap it; None keeps QEMU's."""
 
 
 def qemu_binary() -> str:
@@ -117,8 +121,8 @@ class LabGuest:
             qemu_binary(),
             "-name",
             self.name,
-            "-machine",
-            "q35,accel=tcg",
+            *(("-machine", "q35,accel=tcg") if cfg.tcg_tb_size_mib is None else
+              ("-machine", "q35", "-accel", f"tcg,tb-size={cfg.tcg_tb_size_mib}")),
             "-cpu",
             "max",
             "-smp",

@@ -401,14 +401,17 @@ class AutoBalloonPolicy(Policy):
         """Guests above their fair share give towards it, claimants of pressure too.
 
         A guest that reports pressure while it holds more than its fair share of a
-        critical host is not spared: the core's guard lets exactly that through.
+        critical host is not spared (the core's guard lets exactly that through),
+        unless its balloon just gave way to its own OOM: squeezing it again would
+        only fight deflate-on-oom.
         """
         views = list(plan.views.values())
         fair = fair_shares(v.state for v in views)
         caps = {v.state.id: max(0.0, plan.target(v.state.id) - max(fair[v.state.id],
                                                                    v.state.floor))
                 for v in views if v.state.id not in plan.moves or not under_pressure(v.state)
-                if snapshot.time >= v.state.stalled_until and v.state.weight > 0}
+                if snapshot.time >= v.state.stalled_until and v.state.weight > 0
+                and not (under_pressure(v.state) and v.state.last_action == "adopted")}
         weight = {gid: plan.views[gid].state.weight for gid in caps}
         for gid, amount in water_fill(caps, weight, remaining).items():
             plan.move(gid, int(plan.target(gid) - amount),

@@ -142,3 +142,20 @@ async def test_a_reload_whose_policy_cannot_be_built_changes_nothing() -> None:
         h.host_event(PressureLevel.MEDIUM)
         await h.settle()
         assert h.backend.actual["fake:a"] == GiB - 16 * MiB
+
+
+def test_a_guest_that_deflated_itself_is_not_squeezed_back_even_at_critical() -> None:
+    guard = GuardSettings.from_options({**defaults(GUARD_OPTIONS), "cooldown": 0.0})
+    big = GuestState(id="g:big", name="big", backend="g", max_bytes=4 * GiB,
+                     actual_bytes=3 * GiB, floor=256 * MiB, pressure=PressureLevel.MEDIUM,
+                     pressure_time=99.0)
+    small = GuestState(id="g:small", name="small", backend="g", max_bytes=4 * GiB,
+                       actual_bytes=GiB, floor=256 * MiB)
+    snapshot = Snapshot(100.0, HostState(level=PressureLevel.CRITICAL),
+                        {big.id: big, small.id: small})
+    squeeze = [Decision(big.id, 2 * GiB + 512 * MiB, "squeeze towards fair share")]
+    [allowed] = review(guard, snapshot, squeeze, 100.0)
+    assert allowed.approved  # a claimant above its fair share (2 GiB) of a CRITICAL host
+    big.last_action, big.last_action_time = "adopted", 99.5  # its balloon gave way to OOM
+    [refused] = review(guard, snapshot, squeeze, 100.0)
+    assert not refused.approved and "deflating itself" in refused.veto

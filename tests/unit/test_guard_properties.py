@@ -62,6 +62,7 @@ def guests(draw: st.DrawFn, index: int) -> GuestState:
         pressure_wanted=draw(st.integers(0, 4 * GiB)) if pressure else 0,
         pressure_time=draw(st.floats(NOW - 120, NOW)),
         pressure_rose_time=draw(st.none() | st.floats(NOW - 120, NOW)),
+        last_action=draw(st.sampled_from(["", "inflate", "deflate", "adopted"])),
         last_action_time=last_action,
         stalled_until=draw(st.sampled_from([0.0, NOW - 1, NOW + 30])),
     )
@@ -131,6 +132,7 @@ def test_guard_invariants_hold_for_any_decisions(data: st.DataObject,
                 fair = fair_shares(g for g in snapshot.guests.values()
                                    if g.managed and g.reachable)
                 assert target >= fair[guest.id]
+                assert guest.last_action != "adopted"
         recent = (guest.last_action_time is not None
                   and NOW - guest.last_action_time < guard.cooldown)
         if recent and verdict.decision.origin is not Origin.STALL:
