@@ -56,7 +56,7 @@ test-integration: deps
 	$(PY) -m pytest -q -m integration tests/integration tests/e2e
 
 bench: deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 ansible-check: deps
 	$(PY) tools/ansible_checks.py
