@@ -67,6 +67,8 @@ HINT_EVENTS = ("started", "stopped", "migrating", "migrated")
 MAX_NAME = 256
 RELEASE_STEP_WAIT = 1.0
 """Seconds between release steps on exit (the balloons move meanwhile)."""
+RELEASE_SETTLE = 10.0
+"""Longest wait, after the last release step, for the balloons to arrive."""
 
 __all__ = ["MAX_NAME", "Counters", "Engine"]
 
@@ -315,12 +317,24 @@ class Engine:
             now = self.clock()
             decisions = self.core.release_step(now)
             if not decisions:
+                await self._converged(RELEASE_SETTLE)
                 return
             launches, _vetoed = self.core.review(self.core.snapshot(now), decisions, now)
             tasks = [self._launch(launch) for launch in launches]
             if tasks:
                 await asyncio.wait(tasks, timeout=self.actuator_timeout)
             await asyncio.sleep(RELEASE_STEP_WAIT)
+
+    async def _converged(self, timeout: float) -> bool:
+        """Wait until every reachable guest's balloon is at its target (or ``timeout``)."""
+        deadline = self.clock() + timeout
+        tolerance = self.core.guard.tolerance
+        while True:
+            moving = [g for g in self.core.guests.values() if g.reachable
+                      and abs(g.actual_bytes - safety.current_target(g)) > tolerance]
+            if not moving or self.clock() >= deadline:
+                return not moving
+            await asyncio.sleep(0.2)
 
     # -- events and timer ------------------------------------------------------
 

@@ -217,15 +217,11 @@ def test_after_a_crash_release_gives_the_memory_back_in_steps(lab: Lab) -> None:
     release_dir.mkdir()
     config = release_dir / "autoballoon.toml"
     config.write_text(daemon_config(lab, release_dir))
-    proc = spawn([sys.executable, "-m", "autoballoon_core.daemon", "--config", str(config),
-                  "--release"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        output, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = output.decode(errors="replace")
+    proc = subprocess.run([sys.executable, "-m", "autoballoon_core.daemon", "--config",
+                           str(config), "--release"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120,
+                          check=False)
+    text = proc.stdout.decode(errors="replace")
     assert proc.returncode == 0, text
     assert "release on exit: give back" in text
     assert "2 guests found, 0 below their maximum" in text, text
