@@ -96,7 +96,7 @@ def engine_settings(guest: LabGuest, mode: str) -> dict[str, Any]:
                              "stats_period": "1s"}},
         "sources": sources,
         "engine": {"policy": "autoballoon"},
-        "policies": {"autoballoon": {"release_gain": 0.0, "release_max_percent": 0.0}},
+        "policies": {"autoballoon": {"release_max_percent": 0.0}},
         "guards": {"floor": "128MiB", "cooldown": 0},
     }
 

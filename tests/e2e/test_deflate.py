@@ -106,7 +106,7 @@ def engine_settings(guest: LabGuest) -> dict[str, Any]:
         "sources": {"guest-channel": {"enabled": True}},
         "engine": {"policy": "autoballoon"},
         # Only the agent may deflate: no give-back when the host is at ease.
-        "policies": {"autoballoon": {"release_gain": 0.0, "release_max_percent": 0.0}},
+        "policies": {"autoballoon": {"release_max_percent": 0.0}},
         "guards": {"floor": "128MiB"},
     }
 

@@ -67,7 +67,7 @@ async def test_balloon_stats_alone_deflate_a_guest_short_of_memory(lab: Lab) -> 
                              "stats_period": "1s"}},
         "sources": {"balloon-stats": {"enabled": True}},
         "engine": {"policy": "autoballoon"},
-        "policies": {"autoballoon": {"release_gain": 0.0, "release_max_percent": 0.0}},
+        "policies": {"autoballoon": {"release_max_percent": 0.0}},
         "guards": {"floor": "128MiB", "cooldown": 0},
     }
     engine = Engine(build_config(settings, registry), manager, registry)
