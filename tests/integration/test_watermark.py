@@ -117,9 +117,10 @@ async def test_the_engine_inflates_while_a_cgroup_fills() -> None:
     with MemoryCgroup(192 * MiB) as cgroup:
         settings = {
             "engine": {"policy": "seed-levels"},
+            # horizon 0: the level of what is available now (the trend has its own test)
             "sources": {"watermark": {"enabled": True, "cgroup": str(cgroup.path),
                                       "period": "100ms", "low": "50%", "medium": "30%",
-                                      "critical": "15%"}},
+                                      "critical": "15%", "horizon": 0}},
         }
         async with harness(settings, guests={"a": (1024 * MiB, 1024 * MiB)}) as lab:
             source = lab.engine.sources["watermark"]
@@ -133,3 +134,24 @@ async def test_the_engine_inflates_while_a_cgroup_fills() -> None:
     assert host.level is CRITICAL
     assert host.readings["memcg.available_percent"] < 15.0
     assert actual < 1024 * MiB, "CRITICAL rounds of seed-levels inflate the guest"
+
+
+def test_the_trend_raises_the_level_before_memory_runs_out() -> None:
+    """A cgroup filling at 80 MiB/s is CRITICAL 2 s ahead, while plenty is still there."""
+    require_memory_cgroup()
+    with MemoryCgroup(320 * MiB) as cgroup:
+        source = WatermarkSource("watermark", Thresholds(
+            parse_amount("50%"), parse_amount("30%"), parse_amount("15%"), parse_amount("2%")),
+            0.1, str(cgroup.path), trend_window=1.0, horizon=2.0)
+        events: list[PressureEvent] = []
+        seen: dict[str, float] = {}
+        with Hog(cgroup, 280, rate_mib_s=80):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if source.sample(events.append) is CRITICAL:
+                    seen = dict(source.readings())
+                    break
+                time.sleep(0.1)
+    assert seen, f"never CRITICAL: {source.describe()}"
+    assert seen["memcg.available_percent"] > 15.0  # the level came from the trend
+    assert seen["memory.fall_rate_bytes"] > 20 * MiB
