@@ -54,6 +54,8 @@ from autoballoon_core.model import (
 log = logging.getLogger("autoballoon.engine")
 
 DecideFn = Callable[[Snapshot, Trigger], list[Decision]]
+STUCK_FACTOR = 5
+"""Short this many times ``[escalation] hold`` while inflating escalates too."""
 HostMemoryFn = Callable[[], "tuple[int, int] | None"]
 ReadingsFn = Callable[[], Mapping[str, float]]
 
@@ -170,6 +172,7 @@ class EngineCore:
         self._host_level_since = now
         self._next_tick = now + settings.tick_interval
         self._short_since: float | None = None
+        self._idle_since: float | None = None
 
     # -- configuration ---------------------------------------------------------------
 
@@ -548,23 +551,34 @@ class EngineCore:
 
     def _watch_escalation(self, snapshot: Snapshot, trigger: Trigger, launches: list[Launch],
                           now: float) -> Escalation | None:
-        """Raise an escalation when the host stays short and nothing is left to take."""
+        """Raise an escalation when the host stays short and ballooning does not help.
+
+        Short means host available below the escalation reserve. It escalates when
+        the host stays short for ``hold`` with nothing being taken (no inflation
+        launched, none on its way), or for ``STUCK_FACTOR`` times ``hold`` whatever
+        is being taken: inflations that do not bring the host back are not help.
+        """
         settings = self.escalation
         host = snapshot.host
         if not settings.enabled or host.mem_total is None or host.mem_available is None:
-            self._short_since = None
+            self._short_since = self._idle_since = None
             return None
         reserve = settings.reserve_for(host.mem_total)
+        if host.mem_available >= reserve:
+            self._short_since = self._idle_since = None
+            return None
         taking = any(launch.target < launch.previous for launch in launches)
         on_way = sum(max(0, g.actual_bytes - safety.current_target(g))
                      for g in snapshot.guests.values())
-        short = host.mem_available < reserve and not taking and on_way == 0
-        if not short:
-            self._short_since = None
-            return None
         if self._short_since is None:
             self._short_since = now
-        if now - self._short_since < settings.hold:
+        if taking or on_way:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        idle = self._idle_since is not None and now - self._idle_since >= settings.hold
+        stuck = now - self._short_since >= STUCK_FACTOR * settings.hold
+        if not (idle or stuck):
             return None
         last = self.last_escalation
         if last is not None and now - last.time < settings.repeat:
@@ -575,7 +589,8 @@ class EngineCore:
             reserve=int(reserve), level=host.level, victim=victim,
             reason=(f"host available {host.mem_available >> 20} MiB below the escalation "
                     f"reserve {int(reserve) >> 20} MiB for {now - self._short_since:.1f} s "
-                    f"and ballooning has nothing left to take"),
+                    + ("and ballooning has nothing left to take" if idle else
+                       "although balloons are being inflated")),
             guests=tuple(sorted(snapshot.guests)))
         self.last_escalation = escalation
         self.counters.escalations += 1

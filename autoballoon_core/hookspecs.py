@@ -97,8 +97,9 @@ def autoballoon_round(record: RoundRecord, snapshot: Snapshot) -> None:
 def autoballoon_escalate(escalation: Escalation, snapshot: Snapshot) -> None:
     """Called when ballooning cannot help: the host stayed below the escalation
     reserve (``[escalation]``) for ``hold`` seconds while no balloon was being
-    inflated and none was on its way: guests at their floors, under pressure,
-    stalled, or with nothing idle left.
+    inflated and none was on its way (guests at their floors, under pressure,
+    stalled, or with nothing idle left), or for five times ``hold`` although
+    balloons were being inflated (they did not bring the host back).
 
     ``escalation.victim`` is the guest suggested first (lowest weight, then the
     largest); ``snapshot`` is the round's state. Implement it to migrate, save

@@ -67,7 +67,7 @@ async def test_no_escalation_while_a_balloon_is_being_inflated() -> None:
     seen = Seen()
     now = [100.0]
     guests = {"a": (2 * GiB, 2 * GiB)}  # plenty to take
-    async with harness({"engine": {"policy": "seed-fixed"}, "escalation": {"hold": "0s"}},
+    async with harness({"engine": {"policy": "seed-fixed"}, "escalation": {"hold": "2s"}},
                        guests=guests, clock=lambda: now[0], plugins=[(seen, "seen")]) as h:
         short_host(h.engine, 10 * MiB)
         for step in range(4):
@@ -98,3 +98,20 @@ async def test_a_hanging_command_never_blocks_the_engine(tmp_path: Path) -> None
         assert h.engine.counters.rounds == rounds + 1  # decided while the command hangs
         await asyncio.sleep(1.0)
         assert runner.failures == 1  # killed after command_timeout
+
+
+async def test_escalates_when_inflating_does_not_bring_the_host_back() -> None:
+    seen = Seen()
+    now = [100.0]
+    guests = {"a": (8 * GiB, 8 * GiB)}  # always something to take, but it frees nothing
+    async with harness({"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
+                        "escalation": {"hold": "1s"}},
+                       guests=guests, clock=lambda: now[0], plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 10 * MiB)
+        for step in range(7):
+            now[0] = 100.0 + step
+            h.host_event(PressureLevel.MEDIUM)
+            await h.settle()
+        assert h.backend.actual["fake:a"] < 8 * GiB
+        assert len(seen.escalations) == 1  # after 5 x hold short while inflating
+        assert "although balloons are being inflated" in seen.escalations[0].reason
