@@ -553,7 +553,9 @@ class EngineCore:
                           now: float) -> Escalation | None:
         """Raise an escalation when the host stays short and ballooning does not help.
 
-        Short means host available below the escalation reserve. It escalates when
+        Short means host available below the escalation reserve, or host pressure at
+        CRITICAL (reclaim failing: page cache counted as available may not come back
+        in time). It escalates when
         the host stays short for ``hold`` with nothing being taken (no inflation
         launched, none on its way), or for ``STUCK_FACTOR`` times ``hold`` whatever
         is being taken: inflations that do not bring the host back are not help.
@@ -564,7 +566,9 @@ class EngineCore:
             self._short_since = self._idle_since = None
             return None
         reserve = settings.reserve_for(host.mem_total)
-        if host.mem_available >= reserve:
+        # short: below the reserve, or the kernel says reclaim is failing (CRITICAL);
+        # page cache counted as available may not come back in time
+        if host.mem_available >= reserve and host.level < PressureLevel.CRITICAL:
             self._short_since = self._idle_since = None
             return None
         taking = any(launch.target < launch.previous for launch in launches)
@@ -587,8 +591,9 @@ class EngineCore:
         escalation = Escalation(
             time=now, mem_total=host.mem_total, mem_available=host.mem_available,
             reserve=int(reserve), level=host.level, victim=victim,
-            reason=(f"host available {host.mem_available >> 20} MiB below the escalation "
-                    f"reserve {int(reserve) >> 20} MiB for {now - self._short_since:.1f} s "
+            reason=(f"host short for {now - self._short_since:.1f} s (available "
+                    f"{host.mem_available >> 20} MiB, escalation reserve {int(reserve) >> 20} "
+                    f"MiB, pressure {host.level.name}) "
                     + ("and ballooning has nothing left to take" if idle else
                        "although balloons are being inflated")),
             guests=tuple(sorted(snapshot.guests)))

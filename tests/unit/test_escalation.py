@@ -49,7 +49,7 @@ async def test_escalates_when_guests_are_at_their_floors_and_the_host_stays_shor
         assert len(seen.escalations) == 1
         escalation = seen.escalations[0]
         assert escalation.victim == "fake:small"  # lowest weight first
-        assert "50 MiB below the escalation reserve 122 MiB" in escalation.reason
+        assert "available 50 MiB, escalation reserve 122 MiB" in escalation.reason
         assert h.engine.status()["escalation"]["victim"] == "fake:small"
         assert h.engine.counters.escalations == 1
         now[0] = 103.0
@@ -115,3 +115,26 @@ async def test_escalates_when_inflating_does_not_bring_the_host_back() -> None:
         assert h.backend.actual["fake:a"] < 8 * GiB
         assert len(seen.escalations) == 1  # after 5 x hold short while inflating
         assert "although balloons are being inflated" in seen.escalations[0].reason
+
+
+async def test_critical_pressure_counts_as_short_even_when_memory_looks_available() -> None:
+    seen = Seen()
+    now = [100.0]
+    async with harness({"engine": {"policy": "seed-fixed"}, "escalation": {"hold": "1s"}},
+                       guests={"a": (GiB, 256 * MiB)}, clock=lambda: now[0],
+                       plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 2 * GiB)  # half the host "available" (page cache, say)
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        now[0] = 102.0
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        assert seen.escalations == []  # MEDIUM with memory available: not short
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        for t in (103.5, 105.0):
+            now[0] = t
+            h.host_event(PressureLevel.CRITICAL)
+            await h.settle()
+        assert len(seen.escalations) == 1
+        assert "pressure CRITICAL" in seen.escalations[0].reason
