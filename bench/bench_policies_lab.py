@@ -367,18 +367,15 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
     return rows
 
 
+def print_tables(results: list[RunResult], markdown: bool) -> None:
+    """One table per scenario, every run in it."""
+    for name in dict.fromkeys(r.scenario for r in results):
+        print(f"\n{'### ' if markdown else ''}{name}\n")
+        print_table([r for r in results if r.scenario == name], markdown)
+
+
 def print_table(results: list[RunResult], markdown: bool) -> None:
-    rows = table_rows(results)
-    if markdown:
-        print("| " + " | ".join(HEADERS) + " |")
-        print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(HEADERS))) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(HEADERS)]
-    print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    _print_rows(HEADERS, table_rows(results), markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,11 +393,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="print guest markers and the daemon log tail on stderr")
     parser.add_argument("--keep-logs", type=Path,
                         help="keep each daemon run's log and audit log in this directory")
+    parser.add_argument("--report", metavar="JSON[,JSON]",
+                        help="run nothing: print the tables of recorded runs and check "
+                        "them against the targets (exit 1 when one is missed)")
     parser.add_argument("--guest-program", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.guest_program:
         run_program(args.guest_program)
         return 0
+    if args.report:
+        return report([Path(p) for p in args.report.split(",") if p], args.markdown)
     wanted = [n.strip() for n in args.scenario.split(",") if n.strip()]
     scenarios = list(SCENARIOS.values()) if wanted == ["all"] else []
     for name in wanted if wanted != ["all"] else []:
@@ -430,8 +432,53 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if args.json:
                     _append_json(args.json, result)
-    print_table(results, args.markdown)
+    print_tables(results, args.markdown)
     return 1 if any(r.error for r in results) else 0
+
+
+def load_runs(paths: list[Path]) -> list[RunResult]:
+    runs = []
+    for path in paths:
+        for raw in json.loads(path.read_text())["runs"]:
+            runs.append(RunResult(**raw))
+    return runs
+
+
+def report(paths: list[Path], markdown: bool) -> int:
+    """Tables of recorded runs, a summary per scenario and configuration, the verdicts."""
+    from bench.lab_report import summarize, verdicts
+
+    runs = load_runs(paths)
+    print_tables(runs, markdown)
+    raw = [asdict(r) for r in runs]
+    print(f"\n{'### ' if markdown else ''}summary\n")
+    headers = ("scenario", "config", "runs", "runs all alive", "QEMUs killed",
+               "guest OOM kills", "guests held MiB (mean)", "(lowest run)")
+    rows = [[s.scenario, s.config, str(s.runs), str(s.runs_all_alive), str(s.qemus_killed),
+             str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}"]
+            for s in sorted(summarize(raw), key=lambda s: (list(SCENARIOS).index(s.scenario),
+                                                           list(CONFIGS).index(s.config)))]
+    _print_rows(headers, rows, markdown)
+    scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in runs)]
+    results = verdicts(raw, scenarios, CONFIGS)
+    print(f"\n{'### ' if markdown else ''}targets\n")
+    for v in results:
+        print(f"{'- ' if markdown else ''}{v.scenario}: "
+              + ("met" if v.met else "MISSED: " + "; ".join(v.reasons)))
+    return 0 if all(v.met for v in results) else 1
+
+
+def _print_rows(headers: tuple[str, ...], rows: list[list[str]], markdown: bool) -> None:
+    if markdown:
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _append_json(path: Path, result: RunResult) -> None:

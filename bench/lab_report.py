@@ -1,0 +1,126 @@
+"""Issue-10 targets checked over recorded lab runs (``bench_policies_lab.py --json``).
+
+Targets, per scenario:
+
+* ramps, burst, cache fill, host claim ("survival" scenarios): ``autoballoon`` ran
+  at least :data:`MIN_AUTOBALLOON_RUNS` times with 0 QEMUs OOM-killed and 0 guest
+  OOM kills in every run, and its guests held more memory on average than the
+  static cap when that cap also kept every guest alive;
+* too much demand: no ``autoballoon`` run lost more QEMUs than no ballooning did,
+  and every run escalated before its first death (or had none);
+* every other configuration ran at least once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIN_AUTOBALLOON_RUNS = 5
+SURVIVAL_SCENARIOS = ("ramp16", "ramp32", "burst", "cache-fill", "host-claim")
+OVERLOAD_SCENARIO = "too-much"
+DEFAULT_POLICY = "autoballoon"
+_RUN_NUMBER = re.compile(r"\s+#\d+$")
+
+Run = Mapping[str, Any]
+
+
+def base_config(config: str) -> str:
+    """``"autoballoon #3"`` -> ``"autoballoon"``."""
+    return _RUN_NUMBER.sub("", config)
+
+
+def kept_alive(run: Run) -> bool:
+    return not run.get("error") and run["qemu_killed"] == 0 and run["guest_oom_kills"] == 0
+
+
+def escalated_in_time(run: Run) -> bool:
+    escalation = run.get("first_escalation_s")
+    death = run.get("first_death_s")
+    return death is None or (escalation is not None and escalation < death)
+
+
+@dataclass(frozen=True)
+class Summary:
+    scenario: str
+    config: str
+    runs: int
+    runs_all_alive: int
+    qemus_killed: int
+    guest_oom_kills: int
+    held_mean_mib: float
+    held_min_mib: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    scenario: str
+    met: bool
+    reasons: tuple[str, ...]
+
+
+def group(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
+    grouped: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault((run["scenario"], base_config(run["config"])), []).append(run)
+    return grouped
+
+
+def summarize(runs: Iterable[Run]) -> list[Summary]:
+    summaries = []
+    for (scenario, config), members in group(runs).items():
+        held = [float(r["guests_held_mib"]) for r in members]
+        summaries.append(Summary(
+            scenario, config, len(members), sum(kept_alive(r) for r in members),
+            sum(int(r["qemu_killed"]) for r in members),
+            sum(int(r["guest_oom_kills"]) for r in members),
+            sum(held) / len(held), min(held)))
+    return summaries
+
+
+def _mean_held(members: list[Run]) -> float:
+    return sum(float(r["guests_held_mib"]) for r in members) / len(members)
+
+
+def verdict(scenario: str, grouped: Mapping[tuple[str, str], list[Run]],
+            configs: Iterable[str]) -> Verdict:
+    """Whether *scenario*'s recorded runs meet the issue's targets, and why not."""
+    reasons: list[str] = []
+    ours = grouped.get((scenario, DEFAULT_POLICY), [])
+    missing = [c for c in configs if c != DEFAULT_POLICY and not grouped.get((scenario, c))]
+    if missing:
+        reasons.append(f"never ran: {', '.join(missing)}")
+    if len(ours) < MIN_AUTOBALLOON_RUNS:
+        reasons.append(f"{DEFAULT_POLICY} ran {len(ours)} times, "
+                       f"{MIN_AUTOBALLOON_RUNS} needed")
+    if scenario == OVERLOAD_SCENARIO:
+        baseline = grouped.get((scenario, "none"), [])
+        if baseline:
+            worst_allowed = min(int(r["qemu_killed"]) for r in baseline)
+            worse = [r for r in ours if int(r["qemu_killed"]) > worst_allowed]
+            if worse:
+                reasons.append(f"{len(worse)} run(s) lost more QEMUs than no ballooning "
+                               f"({worst_allowed})")
+        late = [r for r in ours if not escalated_in_time(r)]
+        if late:
+            reasons.append(f"{len(late)} run(s) did not escalate before the first death")
+    else:
+        lost = [r for r in ours if not kept_alive(r)]
+        if lost:
+            reasons.append(f"{len(lost)} of {len(ours)} {DEFAULT_POLICY} run(s) lost a QEMU, "
+                           "a guest process or failed")
+        static = grouped.get((scenario, "static"), [])
+        yardstick = bool(static) and all(kept_alive(r) for r in static)
+        if ours and yardstick and _mean_held(ours) <= _mean_held(static):
+            reasons.append(f"guests held {_mean_held(ours):.0f} MiB on average, not more "
+                           f"than the static cap's {_mean_held(static):.0f} MiB")
+    return Verdict(scenario, not reasons, tuple(reasons))
+
+
+def verdicts(runs: Iterable[Run], scenarios: Iterable[str],
+             configs: Iterable[str]) -> list[Verdict]:
+    grouped = group(runs)
+    wanted = list(configs)
+    return [verdict(s, grouped, wanted) for s in scenarios]

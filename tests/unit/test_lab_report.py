@@ -1,0 +1,90 @@
+"""The issue-10 target check over recorded lab runs (pure logic on run records)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.lab_report import base_config, summarize, verdicts
+
+CONFIGS = ("none", "static", "autoballoon")
+
+
+def run(scenario: str, config: str, *, killed: int = 0, guest_oom: int = 0,
+        held: float = 1000.0, death: float | None = None,
+        escalation: float | None = None, error: str | None = None) -> dict[str, Any]:
+    return {"scenario": scenario, "config": config, "qemu_killed": killed,
+            "guest_oom_kills": guest_oom, "guests_held_mib": held, "first_death_s": death,
+            "first_escalation_s": escalation, "error": error}
+
+
+def survival_runs(scenario: str = "ramp16", **ours: Any) -> list[dict[str, Any]]:
+    return ([run(scenario, "none", killed=1), run(scenario, "static", held=900)]
+            + [run(scenario, f"autoballoon #{n}", **ours) for n in range(1, 6)])
+
+
+def test_run_numbers_are_stripped() -> None:
+    assert base_config("autoballoon #12") == "autoballoon"
+    assert base_config("seed-fixed") == "seed-fixed"
+
+
+def test_five_surviving_runs_that_beat_static_meet_the_target() -> None:
+    [result] = verdicts(survival_runs(held=1000), ["ramp16"], CONFIGS)
+    assert result.met, result.reasons
+
+
+def test_one_lost_qemu_misses_the_target() -> None:
+    runs = survival_runs()
+    runs[-1] = run("ramp16", "autoballoon #5", killed=1, death=40.0)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert not result.met
+    assert "1 of 5 autoballoon run(s) lost" in result.reasons[0]
+
+
+def test_a_guest_oom_kill_misses_the_target() -> None:
+    [result] = verdicts(survival_runs(guest_oom=1), ["ramp16"], CONFIGS)
+    assert not result.met
+
+
+def test_holding_less_than_a_surviving_static_cap_misses_the_target() -> None:
+    [result] = verdicts(survival_runs(held=850), ["ramp16"], CONFIGS)
+    assert not result.met
+    assert "static cap's 900 MiB" in result.reasons[0]
+
+
+def test_a_static_cap_that_lost_a_guest_is_no_yardstick() -> None:
+    runs = survival_runs(held=850)
+    runs[1] = run("ramp16", "static", held=900, guest_oom=1)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert result.met, result.reasons
+
+
+def test_too_few_runs_and_missing_configurations_are_named() -> None:
+    runs = [run("burst", "autoballoon")]
+    [result] = verdicts(runs, ["burst"], CONFIGS)
+    assert not result.met
+    assert result.reasons[0] == "never ran: none, static"
+    assert result.reasons[1] == "autoballoon ran 1 times, 5 needed"
+
+
+def test_overload_needs_an_escalation_before_each_death_and_no_worse_than_none() -> None:
+    runs = [run("too-much", "none", killed=1), run("too-much", "static", killed=1)]
+    runs += [run("too-much", f"autoballoon #{n}", killed=1, death=80.0, escalation=20.0)
+             for n in range(1, 6)]
+    assert verdicts(runs, ["too-much"], CONFIGS)[0].met
+    runs[-1] = run("too-much", "autoballoon #5", killed=2, death=50.0, escalation=60.0)
+    result = verdicts(runs, ["too-much"], CONFIGS)[0]
+    assert not result.met
+    assert result.reasons == ("1 run(s) lost more QEMUs than no ballooning (1)",
+                              "1 run(s) did not escalate before the first death")
+
+
+def test_summary_counts_runs_and_held_memory() -> None:
+    summaries = {s.config: s for s in summarize(survival_runs(held=1000))}
+    ours = summaries["autoballoon"]
+    assert (ours.runs, ours.runs_all_alive, ours.qemus_killed) == (5, 5, 0)
+    assert ours.held_mean_mib == 1000.0
+    assert summaries["none"].qemus_killed == 1
