@@ -40,6 +40,7 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
+from autoballoon_plugins.watermark import FallRate
 from autoballoon_sim.model import HostModel
 
 SOURCE = "sim"
@@ -80,7 +81,6 @@ class SimEngine:
         self.model = model
         self.stats_interval = stats_interval
         self.guest_event_period = guest_event_period
-        self.trend_window = trend_window
         self.counters = EngineCounters()
         self.rounds: list[PlannedRound] = []
         self.keep_rounds = False
@@ -96,7 +96,7 @@ class SimEngine:
         self.next_stats = 0.0
         self.reported = model.actual.copy()
         self.report_threshold = 1024 * 1024
-        self._history: list[tuple[float, float]] = []
+        self.fall_rate = FallRate(trend_window)
 
     @property
     def states(self) -> dict[str, GuestState]:
@@ -113,12 +113,7 @@ class SimEngine:
         return int(self.model.total), int(max(0.0, self.model.available))
 
     def _readings(self) -> dict[str, float]:
-        history = self._history
-        if len(history) < 2:
-            return {FALL_RATE_READING: 0.0}
-        (t0, a0), (t1, a1) = history[0], history[-1]
-        rate = (a0 - a1) / (t1 - t0) if t1 > t0 else 0.0
-        return {FALL_RATE_READING: max(0.0, rate)}
+        return {FALL_RATE_READING: self.fall_rate.rate()}
 
     def host_event(self, t: float, level: PressureLevel) -> None:
         self.core.event(PressureEvent(SOURCE, level, t))
@@ -144,9 +139,7 @@ class SimEngine:
 
     def step(self, t: float) -> None:
         m = self.model
-        self._history.append((t, m.available))
-        while len(self._history) > 2 and t - self._history[1][0] >= self.trend_window:
-            self._history.pop(0)
+        self.fall_rate.add(t, int(m.available))
         for i in map(int, m.killed):
             self.core.guest_vanished(BACKEND, self.ids[i])
             self.was_pressured[i] = False
