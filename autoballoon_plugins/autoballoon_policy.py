@@ -107,6 +107,10 @@ OPTIONS: tuple[Option, ...] = (
            "A guest given memory is not taxed again for this long unless the host is "
            "critical (per-guest hysteresis against take-from-A-give-to-B churn).",
            minimum=0.0, maximum=3600.0),
+    Option("grow_free", Kind.SIZE, 64 * MiB,
+           "Free memory a guest that has used up its own is topped up to each round (from "
+           "spare headroom first, then from other guests' free memory above this amount): "
+           "free memory follows use.", minimum=0),
     Option("min_change", Kind.SIZE, 8 * MiB,
            "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),
 )
@@ -131,6 +135,7 @@ class Settings:
     pressure_budget_percent: float
     free_page_reporting: bool
     inflate_hold: float
+    grow_free: int
     min_change: int
 
     @classmethod
@@ -223,7 +228,9 @@ class AutoBalloonPolicy(Policy):
                     TriggerKind.HOST_PRESSURE else PressureLevel.NONE)
         critical = host.critical or level >= PressureLevel.CRITICAL
         exposure = sum(v.exposure for v in plan.views.values())
-        spare = host.headroom - exposure
+        # the trend and the exposure are one growth seen twice when guests grow into
+        # their free memory: only a fall beyond the exposure is planned for on top
+        spare = host.headroom + host.fall - max(exposure, host.fall)
         asks = self._asks(snapshot, plan)
         cut = 0.0
         if spare < sum(asks.values()):
@@ -242,7 +249,9 @@ class AutoBalloonPolicy(Policy):
             left = self._reclaim_cache(snapshot, plan, host, deficit, critical)
             if critical and left > 0:
                 self._squeeze(snapshot, plan, left)
-        elif spare > self.s.band_percent * host.total and not asks:
+            return self._decisions(plan)
+        spare -= self._top_up(snapshot, plan, host, max(0.0, spare))
+        if spare > self.s.band_percent * host.total and not asks:
             self._give_back(plan, host, spare - self.s.band_percent * host.total / 2)
         return self._decisions(plan)
 
@@ -418,7 +427,55 @@ class AutoBalloonPolicy(Policy):
                       f"autoballoon: host critical and page caches exhausted: squeeze "
                       f"{mib(amount)} towards fair share {mib(fair[gid])}")
 
-    # -- 5. give back -----------------------------------------------------------------------
+    # -- 5. free memory follows use ----------------------------------------------------------
+
+    def _top_up(self, snapshot: Snapshot, plan: Plan, host: HostView, spare: float) -> float:
+        """Top up guests that used their free memory; return what came from ``spare``.
+
+        A guest whose free memory fell below ``grow_free`` is using what it has (its
+        page cache or its processes grow). It is topped up to ``grow_free``, paid
+        from the spare headroom first, then from the free memory other guests hold
+        above ``grow_free`` (with free page reporting that memory is not resident:
+        moving the promise costs the host nothing). A guest reading or growing at
+        up to ``grow_free`` per round keeps its cache instead of dropping it.
+        """
+        grow = self.s.grow_free
+        want: dict[GuestId, float] = {}
+        for view in plan.views.values():
+            guest = view.state
+            if (view.free is None or under_pressure(guest) or guest.id in plan.moves
+                    or guest.weight <= 0):
+                continue
+            lack = min(grow - view.free, guest.max_bytes - view.size)
+            if lack >= self.s.min_change:
+                want[guest.id] = float(lack)
+        if not want:
+            return 0.0
+        from_spare = min(sum(want.values()), spare)
+        short = sum(want.values()) - from_spare
+        lent: dict[GuestId, float] = {}
+        if short > 0:
+            caps = {v.state.id: float(min((v.free or 0) - grow, v.size - v.state.floor))
+                    for v in self._cappable(snapshot, plan)
+                    if v.free is not None and v.state.id not in want}
+            caps = {gid: c for gid, c in caps.items() if c >= self.s.min_change}
+            lent = water_fill(caps, {gid: plan.views[gid].state.weight for gid in caps},
+                              short)
+            for gid, amount in lent.items():
+                plan.move(gid, int(plan.target(gid) - amount),
+                          f"autoballoon: guests that used their free memory need "
+                          f"{mib(short)} the host cannot pay ({host.figures()}): "
+                          f"lend {mib(amount)} of {mib(plan.views[gid].free or 0)} free")
+        weight = {gid: 1.0 / max(plan.views[gid].state.weight, 1e-6) for gid in want}
+        given = water_fill(want, weight, from_spare + sum(lent.values()))
+        for gid, amount in given.items():
+            view = plan.views[gid]
+            plan.move(gid, int(view.size + amount),
+                      f"autoballoon: guest used its free memory ({mib(view.free or 0)} "
+                      f"left, {host.figures()}): top up {mib(amount)}")
+        return min(from_spare, sum(given.values()))
+
+    # -- 6. give back -----------------------------------------------------------------------
 
     def _give_back(self, plan: Plan, host: HostView, surplus: float) -> None:
         budget = min(surplus, self.s.release_max_percent * host.total)

@@ -227,3 +227,41 @@ def test_a_guest_given_memory_is_capped_once_the_host_can_no_longer_pay_its_free
     out = targets(policy.decide(snapshot([done], total=TOTAL, available=7 * GiB, time=40.0),
                                 tick(40.0)))
     assert out["t:a"] == 6 * GiB - (4 * GiB - 2 * GiB)  # headroom 2 GiB: the rest is capped
+
+
+def test_the_trend_and_the_exposure_are_one_growth_not_two() -> None:
+    policy = make_policy("autoballoon")
+    guests = [guest("a", 16 * GiB, 8 * GiB, free=2 * GiB, caches=GiB)]
+    steady = snapshot(guests, total=TOTAL, available=8 * GiB)
+    # headroom 3 GiB; the guest may grow 2 GiB; a fall of 1.5 GiB within the horizon
+    # is that same growth: nothing to cut (counted twice it would cut 0.5 GiB)
+    assert policy.decide(with_fall(steady, 0.5 * GiB), tick()) == []
+    # a fall beyond what the guests may take (a host process) is planned for on top
+    [decision] = policy.decide(with_fall(steady, 1.5 * GiB), tick())
+    assert decision.target < 8 * GiB
+    assert "4608 MiB expected fall" in decision.reason
+
+
+def test_a_guest_that_used_its_free_memory_is_topped_up() -> None:
+    policy = make_policy("autoballoon")
+    reader = guest("reader", 16 * GiB, 8 * GiB, free=10 * MiB, caches=6 * GiB)
+    # headroom 1 GiB, nobody else exposed: too little to give back (band 5 GiB), enough
+    # to let the reader keep growing its cache
+    [decision] = policy.decide(snapshot([reader], total=TOTAL, available=6 * GiB), tick())
+    assert decision.target == 8 * GiB + 54 * MiB
+    assert "top up 54 MiB" in decision.reason and "10 MiB left" in decision.reason
+
+
+def test_idle_guests_lend_free_memory_to_a_guest_that_used_its_own() -> None:
+    policy = make_policy("autoballoon")
+    reader = guest("reader", 16 * GiB, 8 * GiB, free=0, caches=6 * GiB)
+    idle = guest("idle", 16 * GiB, 8 * GiB, free=GiB, caches=0)
+    # headroom 1 GiB, all of it promised to the idle guest's free memory: the promise
+    # moves (with free page reporting that memory is not resident), the host pays nothing
+    out = targets(policy.decide(snapshot([reader, idle], total=TOTAL, available=6 * GiB),
+                                tick()))
+    assert out == {"t:reader": 8 * GiB + 64 * MiB, "t:idle": 8 * GiB - 64 * MiB}
+    # an idle guest keeps grow_free itself: nothing is lent below it
+    poor = guest("idle", 16 * GiB, 8 * GiB, free=60 * MiB, caches=0)
+    assert policy.decide(snapshot([reader, poor], total=TOTAL, available=5 * GiB + 60 * MiB),
+                         tick()) == []
