@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -403,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.report:
         return report([Path(p) for p in args.report.split(",") if p], args.markdown)
+    # stopped from outside: unwind, so the lab stops its guests and removes its cgroup
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
     wanted = [n.strip() for n in args.scenario.split(",") if n.strip()]
     scenarios = list(SCENARIOS.values()) if wanted == ["all"] else []
     for name in wanted if wanted != ["all"] else []:
