@@ -54,6 +54,10 @@ GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
 OOM_DEFLATE_RATE = 25 * MiB
 """deflate-on-oom in the lab: BALLOON_CHANGE reports about 20-35 MiB a second apart."""
+FPR_RESIDUE = 50 * MiB
+"""Freed guest memory free page reporting leaves resident (ramp16, fpr: 46 MiB)."""
+SECOND_KILL_RATE = 24 * MiB
+"""A QEMU allocating this fast dies with the cgroup's OOM victim (ramp32, none and fpr)."""
 WATERMARK = Thresholds(parse_amount("20%"), parse_amount("10%"), parse_amount("5%"),
                        parse_amount("2%"))
 """The lab daemon's watermark source: its defaults, polled every 0.25 s with a 2 s horizon."""
@@ -113,6 +117,7 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None,
         kernel_min=GUEST_KERNEL, kernel_percent=0.0, qemu_overhead=QEMU_OVERHEAD,
         free_page_reporting=fpr, host_base_percent=0.0, restart_delay=1e9,
         deflate_on_oom=True, oom_deflate_rate=OOM_DEFLATE_RATE,
+        fpr_residue=FPR_RESIDUE, second_kill_rate=SECOND_KILL_RATE,
         pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
     max_bytes = np.full(n, float(scenario.guest_mib * MiB))
     model = HostModel(max_bytes, scenario.limit_mib * MiB, np.zeros(n), np.zeros(n), p)

@@ -99,3 +99,36 @@ def test_a_host_process_over_the_limit_is_killed_before_any_guest() -> None:
     m.step(1.0, 1.0, np.full(2, 0.3))
     assert m.metrics.claim_killed == 1 and m.claim == 0.0
     assert m.alive.all() and m.metrics.host_oom_kills == 0
+
+
+def test_free_page_reporting_leaves_a_residue_of_freed_memory() -> None:
+    import numpy as np
+
+    from autoballoon_sim.model import HostModel, ModelParams
+
+    mib = float(1 << 20)
+    params = ModelParams(kernel_min=64 * mib, kernel_percent=0.0, host_base_percent=0.0,
+                         fpr_residue=50 * mib)
+    model = HostModel(np.array([1024 * mib]), 4096 * mib, np.zeros(1), np.zeros(1), params)
+    model.step(1.0, 0.1, np.array([0.5]))  # 512 MiB touched
+    assert model.resident[0] == 64 * mib + 512 * mib
+    model.step(1.1, 0.1, np.array([0.0]))  # freed: all but the residue goes back
+    assert model.resident[0] == 64 * mib + 50 * mib
+
+
+def test_a_fast_grower_dies_with_the_cgroups_victim() -> None:
+    import numpy as np
+
+    from autoballoon_sim.model import HostModel, ModelParams
+
+    mib = float(1 << 20)
+    for rate, dead in ((24 * mib, [0, 2]), (float("inf"), [0])):
+        params = ModelParams(kernel_min=64 * mib, kernel_percent=0.0, host_base_percent=0.0,
+                             deflate_on_oom=False, second_kill_rate=rate)
+        model = HostModel(np.array([1024 * mib] * 3), 1600 * mib, np.zeros(3), np.zeros(3),
+                          params)
+        model.step(0.1, 0.1, np.array([0.9, 0.0, 0.40]))
+        assert model.killed == []
+        # over the limit: the largest (1) dies; 3, growing ~2 GiB/s, dies with it
+        model.step(0.2, 0.1, np.array([0.9, 0.0, 0.60]))
+        assert sorted(model.killed) == dead
