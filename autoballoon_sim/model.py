@@ -65,7 +65,7 @@ class ModelParams:
     second_kill_rate: float = float("inf")
     """A QEMU growing at least this fast (bytes per second) when the cgroup OOM-kills
     another is killed with it: in the lab every guest allocating at 32 MiB/s died 5 ms
-    after the victim (twice in two runs), none allocating at 16 MiB/s (three runs)."""
+    after the victim (twice in two runs), none allocating at 16 or 24 MiB/s."""
 
 
 @dataclass(slots=True)
