@@ -166,6 +166,9 @@ class HostModel:
                 wanted = np.minimum(self.max[over], need[over] + p.hard_free)
                 self.actual[over] = np.minimum(wanted, self.actual[over]
                                                + p.oom_deflate_rate * dt)
+                # the guest does not inflate back by itself: the host's target stays
+                # where it was, but only a new target makes the driver move again
+                self.target[over] = np.maximum(self.target[over], self.actual[over])
                 self.metrics.guest_oom_deflates += episodes
                 self.oom_deflated = np.nonzero(over)[0]
                 # what deflate-on-oom has not given back yet, the workload waits for

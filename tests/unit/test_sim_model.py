@@ -132,3 +132,24 @@ def test_a_fast_grower_dies_with_the_cgroups_victim() -> None:
         # over the limit: the largest (1) dies; 3, growing ~2 GiB/s, dies with it
         model.step(0.2, 0.1, np.array([0.9, 0.0, 0.60]))
         assert sorted(model.killed) == dead
+
+
+def test_deflate_on_oom_is_not_undone_by_the_old_target() -> None:
+    import numpy as np
+
+    from autoballoon_sim.model import HostModel, ModelParams
+
+    mib = float(1 << 20)
+    params = ModelParams(kernel_min=64 * mib, kernel_percent=0.0, host_base_percent=0.0,
+                         oom_deflate_rate=1000 * mib)
+    model = HostModel(np.array([1024 * mib]), 4096 * mib, np.zeros(1), np.zeros(1), params)
+    model.target[:] = 256 * mib
+    for k in range(1, 21):
+        model.step(k * 0.1, 0.1, np.array([0.0]))
+    assert model.actual[0] == 256 * mib
+    model.step(2.1, 0.1, np.array([0.3]))  # needs 64 + 307 MiB: the guest deflates itself
+    grown = model.actual[0]
+    assert grown > 256 * mib
+    for k in range(22, 40):
+        model.step(k * 0.1, 0.1, np.array([0.0]))  # demand gone: nothing inflates it back
+    assert model.actual[0] == grown
