@@ -190,6 +190,38 @@ def lab_runs(paths: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return runs
 
 
+@dataclass(frozen=True)
+class LabFigures:
+    """What the lab measured for one scenario and configuration, over its runs."""
+
+    deaths: tuple[int, ...]
+    peak_anon_mib: float
+    held_mib: float
+
+    @classmethod
+    def of(cls, runs: list[dict[str, Any]]) -> LabFigures:
+        peaks = [r.get("peak_anon_mib") or r["peak_usage_mib"] for r in runs]
+        return cls(tuple(int(r["qemu_killed"]) for r in runs), sum(peaks) / len(peaks),
+                   sum(r["guests_held_mib"] for r in runs) / len(runs))
+
+
+def predicted(sim: SimResult, real: LabFigures) -> tuple[bool, bool]:
+    """Whether the simulator predicted every run's deaths, and the peak within 10 %."""
+    deaths_ok = all(d == len(sim.killed) for d in real.deaths)
+    return deaths_ok, abs(sim.peak_mib - real.peak_anon_mib) <= 0.10 * real.peak_anon_mib
+
+
+def figures(lab: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The lab's figures as JSON: ``{scenario: {config: LabFigures fields}}``."""
+    out: dict[str, Any] = {}
+    for (scenario, config), runs in sorted(lab.items()):
+        f = LabFigures.of(runs)
+        out.setdefault(scenario, {})[config] = {
+            "deaths": list(f.deaths), "peak_anon_mib": round(f.peak_anon_mib, 1),
+            "held_mib": round(f.held_mib, 1)}
+    return out
+
+
 def rows(scenarios: list[Scenario], configs: list[str],
          lab: dict[tuple[str, str], list[dict[str, Any]]],
          policy_options: dict[str, Any] | None = None) -> list[list[str]]:
@@ -201,18 +233,14 @@ def rows(scenarios: list[Scenario], configs: list[str],
             sim = simulate(scenario, config,
                            policy_options=policy_options if config in POLICIES else None)
             real = lab.get((scenario.name, config), [])
-            sim_dead = len(sim.killed)
-            row = [scenario.name, config, f"{sim_dead} {sim.killed or ''}".strip(),
+            row = [scenario.name, config, f"{len(sim.killed)} {sim.killed or ''}".strip(),
                    f"{sim.peak_mib:.0f}", f"{sim.held_mib:.0f}"]
             if real:
-                dead = [r["qemu_killed"] for r in real]
-                peaks = [r.get("peak_anon_mib") or r["peak_usage_mib"] for r in real]
-                peak = sum(peaks) / len(peaks)
-                deaths_ok = all(d == sim_dead for d in dead)
-                peak_ok = abs(sim.peak_mib - peak) <= 0.10 * peak
-                held = sum(r["guests_held_mib"] for r in real) / len(real)
-                row += [f"{'/'.join(map(str, dead))} ({len(real)} runs)", f"{peak:.0f}",
-                        f"{held:.0f}", "yes" if deaths_ok else "NO", "yes" if peak_ok else "NO"]
+                f = LabFigures.of(real)
+                deaths_ok, peak_ok = predicted(sim, f)
+                row += [f"{'/'.join(map(str, f.deaths))} ({len(real)} runs)",
+                        f"{f.peak_anon_mib:.0f}", f"{f.held_mib:.0f}",
+                        "yes" if deaths_ok else "NO", "yes" if peak_ok else "NO"]
             else:
                 row += ["-", "-", "-", "-", "-"]
             out.append(row)
@@ -246,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a policy option for the policies simulated (TOML value), "
                         "to try a setting before the lab")
+    parser.add_argument("--save-figures", type=Path, metavar="JSON",
+                        help="write the lab runs' figures per scenario and configuration "
+                        "here (the reference tests/unit/test_sim_calibration.py checks)")
     args = parser.parse_args(argv)
     try:
         options = {k: v for item in args.option for k, v in tomllib.loads(item).items()}
@@ -257,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     configs = [c for c in args.only.split(",") if c] or list(CONFIGS)
     lab = lab_runs([Path(p) for p in args.lab.split(",") if p])
+    if args.save_figures:
+        args.save_figures.write_text(json.dumps(figures(lab), indent=1) + "\n")
     print_table(rows([SCENARIOS[n] for n in names], configs, lab, options), args.markdown)
     return 0
 
