@@ -364,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(child_main(args.child, args.seconds))), flush=True)
         return 0
     directory = Path(tempfile.mkdtemp(prefix="abflood-"))
-    print("load average before: {:.2f} {:.2f} {:.2f} on {} CPUs".format(*os.getloadavg(),
-                                                                      os.cpu_count()))
+    one, five, fifteen = os.getloadavg()
+    print(f"load average before: {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs")
     try:
         report("in-process: real GuestChannelSource, 10 ms timer on its loop",
                in_process(directory, args.seconds), "lateness_ms")
