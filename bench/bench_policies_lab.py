@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.lab_scenarios import SCENARIOS, Scenario, run_program
+from bench.tables import print_rows
 
 if TYPE_CHECKING:
     from autoballoon_lab import GuestConfig, Lab
@@ -376,7 +377,7 @@ def print_tables(results: list[RunResult], markdown: bool) -> None:
 
 
 def print_table(results: list[RunResult], markdown: bool) -> None:
-    _print_rows(HEADERS, table_rows(results), markdown)
+    print_rows(HEADERS, table_rows(results), markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,7 +462,7 @@ def report(paths: list[Path], markdown: bool) -> int:
              str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}"]
             for s in sorted(summarize(raw), key=lambda s: (list(SCENARIOS).index(s.scenario),
                                                            list(CONFIGS).index(s.config)))]
-    _print_rows(headers, rows, markdown)
+    print_rows(headers, rows, markdown)
     scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in runs)]
     results = verdicts(raw, scenarios, CONFIGS)
     print(f"\n{'### ' if markdown else ''}targets\n")
@@ -469,19 +470,6 @@ def report(paths: list[Path], markdown: bool) -> int:
         print(f"{'- ' if markdown else ''}{v.scenario}: "
               + ("met" if v.met else "MISSED: " + "; ".join(v.reasons)))
     return 0 if all(v.met for v in results) else 1
-
-
-def _print_rows(headers: tuple[str, ...], rows: list[list[str]], markdown: bool) -> None:
-    if markdown:
-        print("| " + " | ".join(headers) + " |")
-        print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _append_json(path: Path, result: RunResult) -> None:

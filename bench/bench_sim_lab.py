@@ -40,6 +40,7 @@ from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
 from autoballoon_sim.runner import build_policy, make_config, policy_specs
 from bench.lab_scenarios import SCENARIOS, Scenario
+from bench.tables import print_rows
 
 MiB = 1 << 20
 DT = 0.1
@@ -253,16 +254,7 @@ HEADERS = ("scenario", "config", "sim QEMUs killed", "sim peak MiB", "sim held M
 
 
 def print_table(table: list[list[str]], markdown: bool) -> None:
-    if markdown:
-        print("| " + " | ".join(HEADERS) + " |")
-        print("|" + "|".join("---" for _ in HEADERS) + "|")
-        for row in table:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(HEADERS)]
-    print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print_rows(HEADERS, table, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
