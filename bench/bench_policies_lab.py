@@ -28,7 +28,10 @@ Measured per run:
   shared root through the host's page cache, charged to the cgroup), the peak of
   its anonymous memory (what the kernel cannot drop without swap, and what the
   simulator models), and the memory the guests held (mean sum of the QEMU
-  processes' resident memory: what ballooning left the guests, page cache and all).
+  processes' resident memory) and the memory the guests kept in use (mean sum of
+  each guest's own LRU pages: its processes and its page cache, reported by the
+  guest program every second; free pages a guest holds unreported and balloon
+  pages are not in it).
 
 ``python bench/bench_policies_lab.py --scenario NAME[,NAME] [--only CONFIG[,CONFIG]]
 [--repeat N] [--json PATH] [--markdown]``
@@ -55,7 +58,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.lab_scenarios import SCENARIOS, Scenario, run_program
+from bench.lab_scenarios import IN_USE_PERIOD, SCENARIOS, Scenario, run_program
 from bench.tables import print_rows
 
 if TYPE_CHECKING:
@@ -98,6 +101,9 @@ class RunResult:
     peak_usage_mib: float = 0.0
     peak_anon_mib: float = 0.0
     guests_held_mib: float = 0.0
+    guests_in_use_mib: float = 0.0
+    """Mean sum of the guests' own memory in use (LRU: processes and page cache, from
+    each guest's ``IN-USE`` reports; a dead guest counts 0); 0 in runs before it existed."""
     balloons_end_mib: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
@@ -156,6 +162,12 @@ def demand_times(text: str) -> list[float]:
     """Allocation seconds of every finished demand step in a guest's console."""
     return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if "BENCH" in line and "DEMAND-DONE" in line]
+
+
+def in_use_mib_seconds(text: str) -> float:
+    """MiB x seconds a guest kept in use, from the ``IN-USE`` reports in its console."""
+    return sum(float(line.rsplit(" ", 1)[1]) * IN_USE_PERIOD for line in text.splitlines()
+               if "BENCH" in line and " IN-USE " in line)
 
 
 def count_actions(daemon: DaemonProcess, result: RunResult, started_wall: float) -> None:
@@ -323,6 +335,8 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
                 if not guest.alive():
                     result.qemu_killed += 1
                 result.guest_oom_kills += guest.oom_kills_in_guest()
+                if result.duration_s > 0:
+                    result.guests_in_use_mib += in_use_mib_seconds(text) / result.duration_s
                 took = demand_times(text)
                 result.demands_done += len(took)
                 result.completion_s += sum(took)
@@ -342,12 +356,16 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
 HEADERS = ("scenario", "config", "QEMU OOM-killed", "first death s", "escalation s",
            "guest OOM kills", "stall s (>=97%)", "demands done", "alloc time s",
            "inflates", "deflates", "moved MiB", "mean MiB", "peak MiB", "peak anon MiB",
-           "guests held MiB",
+           "guests held MiB", "guests in use MiB",
            "balloons at end MiB")
 
 
 def _opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _opt_mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def table_rows(results: list[RunResult]) -> list[list[str]]:
@@ -364,7 +382,7 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
             str(r.inflates) if r.daemon else "-", str(r.deflates) if r.daemon else "-",
             f"{r.moved_mib:.0f}" if r.daemon else "-", f"{r.mean_usage_mib:.0f}",
             f"{r.peak_usage_mib:.0f}", f"{r.peak_anon_mib:.0f}", f"{r.guests_held_mib:.0f}",
-            balloons or "-",
+            f"{r.guests_in_use_mib:.0f}" if r.guests_in_use_mib else "-", balloons or "-",
         ])
     return rows
 
@@ -457,9 +475,11 @@ def report(paths: list[Path], markdown: bool) -> int:
     raw = [asdict(r) for r in runs]
     print(f"\n{'### ' if markdown else ''}summary\n")
     headers = ("scenario", "config", "runs", "runs all alive", "QEMUs killed",
-               "guest OOM kills", "guests held MiB (mean)", "(lowest run)")
+               "guest OOM kills", "guests held MiB (mean)", "(lowest run)",
+               "guests in use MiB (mean)", "(lowest run)")
     rows = [[s.scenario, s.config, str(s.runs), str(s.runs_all_alive), str(s.qemus_killed),
-             str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}"]
+             str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}",
+             _opt_mib(s.in_use_mean_mib), _opt_mib(s.in_use_min_mib)]
             for s in sorted(summarize(raw), key=lambda s: (list(SCENARIOS).index(s.scenario),
                                                            list(CONFIGS).index(s.config)))]
     print_rows(headers, rows, markdown)

@@ -15,13 +15,15 @@ Steps of a guest program (times in seconds since the program started):
   MiB in 16 MiB chunks at R MiB/s (0: as fast as it can), hold H seconds,
   then free it; prints ``DEMAND-DONE <seconds to allocate>``.
 
-Every program ends with ``END``.
+Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>``
+every second: the memory the guest keeps in use, page cache and all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +113,7 @@ def run_program(text: str) -> None:
     def say(message: str) -> None:
         print(f"BENCH t={time.monotonic() - t0:.2f} {message}", flush=True)
 
+    threading.Thread(target=_report_in_use, args=(say,), daemon=True).start()
     fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
     for step in steps:
         kind = step["do"]
@@ -127,6 +130,25 @@ def run_program(text: str) -> None:
     say("END")
     while True:
         time.sleep(3600)
+
+
+IN_USE_PERIOD = 1.0
+"""Seconds between two ``IN-USE`` reports of a guest program."""
+
+
+def _report_in_use(say: Any) -> None:
+    """Every :data:`IN_USE_PERIOD`, print ``IN-USE <MiB>``: the guest's LRU pages
+    (``Active`` + ``Inactive`` in /proc/meminfo), that is its processes' memory and
+    its page cache. Balloon pages and free pages are not on the LRU lists."""
+    while True:
+        try:
+            with open("/proc/meminfo") as handle:
+                fields = dict(line.split(":", 1) for line in handle)
+            kib = int(fields["Active"].split()[0]) + int(fields["Inactive"].split()[0])
+            say(f"IN-USE {kib / 1024:.0f}")
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(IN_USE_PERIOD)
 
 
 def _demand(mib: int, rate: float, hold: float, say: Any) -> None:

@@ -10,10 +10,11 @@ CONFIGS = ("none", "static", "autoballoon")
 
 
 def run(scenario: str, config: str, *, killed: int = 0, guest_oom: int = 0,
-        held: float = 1000.0, death: float | None = None,
+        held: float = 1000.0, in_use: float = 0.0, death: float | None = None,
         escalation: float | None = None, error: str | None = None) -> dict[str, Any]:
     return {"scenario": scenario, "config": config, "qemu_killed": killed,
-            "guest_oom_kills": guest_oom, "guests_held_mib": held, "first_death_s": death,
+            "guest_oom_kills": guest_oom, "guests_held_mib": held,
+            "guests_in_use_mib": in_use, "first_death_s": death,
             "first_escalation_s": escalation, "error": error}
 
 
@@ -48,7 +49,27 @@ def test_a_guest_oom_kill_misses_the_target() -> None:
 def test_holding_less_than_a_surviving_static_cap_misses_the_target() -> None:
     [result] = verdicts(survival_runs(held=850), ["ramp16"], CONFIGS)
     assert not result.met
-    assert "static cap's 900 MiB" in result.reasons[0]
+    assert "held (resident) 850 MiB" in result.reasons[0]
+    assert "static cap (900 MiB)" in result.reasons[0]
+
+
+def test_memory_in_use_decides_when_every_run_reports_it() -> None:
+    runs = survival_runs(held=850, in_use=700)
+    runs[1] = run("ramp16", "static", held=900, in_use=650)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert result.met, result.reasons
+    runs[1] = run("ramp16", "static", held=800, in_use=750)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert not result.met
+    assert "kept in use 700 MiB" in result.reasons[0]
+
+
+def test_a_run_without_the_in_use_figure_falls_back_to_resident_memory() -> None:
+    runs = survival_runs(held=850, in_use=700)
+    runs[1] = run("ramp16", "static", held=900)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert not result.met
+    assert "held (resident)" in result.reasons[0]
 
 
 def test_a_static_cap_that_lost_a_guest_is_no_yardstick() -> None:
