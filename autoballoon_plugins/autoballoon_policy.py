@@ -111,6 +111,11 @@ OPTIONS: tuple[Option, ...] = (
            "Free memory a guest that has used up its own is topped up to each round (from "
            "spare headroom first, then from other guests' free memory above this amount): "
            "free memory follows use.", minimum=0),
+    Option("exposure_guests", Kind.INT, 1,
+           "How many guests' free memory the headroom covers, the most free first (0: every "
+           "guest's). One guest can touch its free memory faster than any balloon moves; "
+           "several growing together are a fall of host memory the trend sees.",
+           minimum=0),
     Option("min_change", Kind.SIZE, 8 * MiB,
            "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),
 )
@@ -136,6 +141,7 @@ class Settings:
     free_page_reporting: bool
     inflate_hold: float
     grow_free: int
+    exposure_guests: int
     min_change: int
 
     @classmethod
@@ -227,7 +233,7 @@ class AutoBalloonPolicy(Policy):
         level = max(snapshot.host.level, trigger.level if trigger.kind is
                     TriggerKind.HOST_PRESSURE else PressureLevel.NONE)
         critical = host.critical or level >= PressureLevel.CRITICAL
-        exposure = sum(v.exposure for v in plan.views.values())
+        exposure = self._exposure(plan)
         # the trend and the exposure are one growth seen twice when guests grow into
         # their free memory: only a fall beyond the exposure is planned for on top
         spare = host.headroom + host.fall - max(exposure, host.fall)
@@ -235,7 +241,7 @@ class AutoBalloonPolicy(Policy):
         cut = 0.0
         if spare < sum(asks.values()):
             cut = self._cut_exposure(snapshot, plan, host, sum(asks.values()) - spare)
-            spare += cut
+            spare += exposure - self._exposure(plan)
         granted = self._grant(plan, host, asks, max(0.0, spare))
         spare -= granted
         deficit = max(0.0, -host.headroom) + sum(asks.values()) - granted
@@ -284,6 +290,18 @@ class AutoBalloonPolicy(Policy):
         on_way = float(sum(v.frees_on_way for v in plan.views.values()))
         return HostView(total, float(available), reserve, rate * self.s.horizon, on_way,
                         available < self.s.critical_percent * total)
+
+    def _exposure(self, plan: Plan, cut: Mapping[GuestId, float] | None = None) -> float:
+        """What the guests may take before a balloon can move: the deflations on their
+        way, and the free memory of the ``exposure_guests`` guests with the most, after
+        the moves planned so far (and the ``cut`` considered)."""
+        views = plan.views.values()
+        cut = cut or {}
+        free = sorted((max(0.0, (v.free or 0) - max(0, v.size - plan.target(v.state.id))
+                           - cut.get(v.state.id, 0.0)) for v in views), reverse=True)
+        if self.s.exposure_guests:
+            free = free[:self.s.exposure_guests]
+        return sum(free) + sum(v.granted_on_way for v in views)
 
     def _keep(self, size: int) -> int:
         return max(self.s.guest_keep, int(self.s.guest_keep_percent * size))
@@ -355,12 +373,29 @@ class AutoBalloonPolicy(Policy):
 
     def _cut_exposure(self, snapshot: Snapshot, plan: Plan, host: HostView,
                       excess: float) -> float:
-        """Balloon guests' free memory above what they keep; return how much."""
+        """Balloon the most free guests down to one level of free memory (never below
+        ``guest_keep_free``) until the exposure falls by ``excess``; return how much."""
         caps = {v.state.id: float(max(0, min((v.free or 0) - self.s.guest_keep_free,
                                              v.size - v.state.floor)))
                 for v in self._cappable(snapshot, plan) if v.free is not None}
-        weight = {gid: plan.views[gid].state.weight for gid in caps}
-        taken = water_fill(caps, weight, excess)
+        caps = {gid: cap for gid, cap in caps.items() if cap > 0}
+        if not caps:
+            return 0.0
+        goal = self._exposure(plan) - excess
+        free = {gid: float(plan.views[gid].free or 0) for gid in caps}
+
+        def cut_at(level: float) -> dict[GuestId, float]:
+            return {gid: min(caps[gid], max(0.0, free[gid] - level)) for gid in caps}
+
+        low, high = float(self.s.guest_keep_free), max(free.values())
+        for _ in range(40):
+            level = (low + high) / 2
+            if self._exposure(plan, cut_at(level)) <= goal:
+                low = level
+            else:
+                high = level
+        taken = {gid: float(round(amount)) for gid, amount in cut_at(low).items()
+                 if round(amount) > 0}
         for gid, amount in taken.items():
             view = plan.views[gid]
             plan.move(gid, int(plan.target(gid) - amount),
