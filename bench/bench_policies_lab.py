@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.lab_scenarios import IN_USE_PERIOD, SCENARIOS, Scenario, run_program
+from bench.lab_scenarios import SCENARIOS, Scenario, run_program
 from bench.tables import print_rows
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ TB_SIZE_MIB = 32
 """TCG's translation cache, capped: uncapped it grew QEMU's own memory by 100-250 MiB
 per guest within minutes in the lab, memory no KVM host spends."""
 _END = re.compile(r"BENCH t=\S+ END")
+# the guest kernel's messages share the console: match markers, not whole lines
+_DEMAND_DONE = re.compile(r"BENCH t=[\d.]+ DEMAND-DONE ([\d.]+)")
+_IN_USE = re.compile(r"BENCH t=[\d.]+ IN-USE (\d+)")
+_CONSOLE_TAIL = 4096
+"""Bytes of a console read for its latest IN-USE report (written every second)."""
 
 
 @dataclass
@@ -102,8 +107,9 @@ class RunResult:
     peak_anon_mib: float = 0.0
     guests_held_mib: float = 0.0
     guests_in_use_mib: float = 0.0
-    """Mean sum of the guests' own memory in use (LRU: processes and page cache, from
-    each guest's ``IN-USE`` reports; a dead guest counts 0); 0 in runs before it existed."""
+    """Mean sum of the guests' own memory in use (LRU: processes and page cache), each
+    guest's latest ``IN-USE`` report sampled with the cgroup; a dead guest counts 0.
+    0 in runs recorded before the guests reported it."""
     balloons_end_mib: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
@@ -160,14 +166,20 @@ glob = "{lab.run_dir}/lab-*.qmp"
 
 def demand_times(text: str) -> list[float]:
     """Allocation seconds of every finished demand step in a guest's console."""
-    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if "BENCH" in line and "DEMAND-DONE" in line]
+    return [float(m) for m in _DEMAND_DONE.findall(text)]
 
 
-def in_use_mib_seconds(text: str) -> float:
-    """MiB x seconds a guest kept in use, from the ``IN-USE`` reports in its console."""
-    return sum(float(line.rsplit(" ", 1)[1]) * IN_USE_PERIOD for line in text.splitlines()
-               if "BENCH" in line and " IN-USE " in line)
+def last_in_use_mib(console_log: Path) -> float:
+    """The guest's latest ``IN-USE`` report (0 before the first), from its console's tail."""
+    try:
+        with open(console_log, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - _CONSOLE_TAIL))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return 0.0
+    found = _IN_USE.findall(tail)
+    return float(found[-1]) if found else 0.0
 
 
 def count_actions(daemon: DaemonProcess, result: RunResult, started_wall: float) -> None:
@@ -210,6 +222,7 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
     claim = None
     claim_stop: float | None = None
     held: list[float] = []
+    in_use: list[float] = []
     while True:
         now = time.monotonic()
         elapsed = now - started
@@ -224,6 +237,7 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
         result.peak_anon_mib = max(result.peak_anon_mib, lab.cgroup.anon() / MiB)
         rss = [_rss_mib(g.pid) if g.alive() else 0.0 for g in lab.guests]
         held.append(sum(rss))
+        in_use.append(sum(last_in_use_mib(g.console_log) for g in lab.guests if g.alive()))
         result.samples.append((round(elapsed, 2), round(usage / MiB, 1),
                                [round(r, 1) for r in rss]))
         if usage >= STALL_SHARE * limit:
@@ -239,6 +253,7 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
         time.sleep(max(0.0, SAMPLE_PERIOD - (time.monotonic() - now)))
     result.duration_s = time.monotonic() - started
     result.guests_held_mib = sum(held) / len(held) if held else 0.0
+    result.guests_in_use_mib = sum(in_use) / len(in_use) if in_use else 0.0
 
 
 def balloon_sizes(lab: Lab) -> list[float | None]:
@@ -335,8 +350,6 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
                 if not guest.alive():
                     result.qemu_killed += 1
                 result.guest_oom_kills += guest.oom_kills_in_guest()
-                if result.duration_s > 0:
-                    result.guests_in_use_mib += in_use_mib_seconds(text) / result.duration_s
                 took = demand_times(text)
                 result.demands_done += len(took)
                 result.completion_s += sum(took)

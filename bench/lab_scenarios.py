@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,8 +111,13 @@ def run_program(text: str) -> None:
     steps = json.loads(text)
     t0 = time.monotonic()
 
+    lock = threading.Lock()
+
     def say(message: str) -> None:
-        print(f"BENCH t={time.monotonic() - t0:.2f} {message}", flush=True)
+        line = f"BENCH t={time.monotonic() - t0:.2f} {message}\n"
+        with lock:  # one write per line: the IN-USE reporter prints from a thread
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     threading.Thread(target=_report_in_use, args=(say,), daemon=True).start()
     fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
