@@ -111,10 +111,10 @@ OPTIONS: tuple[Option, ...] = (
            "Free memory a guest that has used up its own is topped up to each round (from "
            "spare headroom first, then from other guests' free memory above this amount): "
            "free memory follows use.", minimum=0),
-    Option("exposure_guests", Kind.INT, 1,
+    Option("exposure_guests", Kind.INT, 0,
            "How many guests' free memory the headroom covers, the most free first (0: every "
-           "guest's). One guest can touch its free memory faster than any balloon moves; "
-           "several growing together are a fall of host memory the trend sees.",
+           "guest's). Fewer leaves guests more memory but relies on the trend when several "
+           "grow at once; 1 lost a QEMU in the lab when two balloons stalled.",
            minimum=0),
     Option("min_change", Kind.SIZE, 8 * MiB,
            "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),
@@ -373,14 +373,19 @@ class AutoBalloonPolicy(Policy):
 
     def _cut_exposure(self, snapshot: Snapshot, plan: Plan, host: HostView,
                       excess: float) -> float:
-        """Balloon the most free guests down to one level of free memory (never below
-        ``guest_keep_free``) until the exposure falls by ``excess``; return how much."""
+        """Balloon guests' free memory above ``guest_keep_free`` until the exposure falls
+        by ``excess``; return how much. Covering every guest, each gives in proportion
+        to its free memory (weighted); covering the most free few, those are cut to one
+        level."""
         caps = {v.state.id: float(max(0, min((v.free or 0) - self.s.guest_keep_free,
                                              v.size - v.state.floor)))
                 for v in self._cappable(snapshot, plan) if v.free is not None}
         caps = {gid: cap for gid, cap in caps.items() if cap > 0}
         if not caps:
             return 0.0
+        if not self.s.exposure_guests:
+            weight = {gid: plan.views[gid].state.weight for gid in caps}
+            return self._take_free(plan, host, excess, water_fill(caps, weight, excess))
         goal = self._exposure(plan) - excess
         free = {gid: float(plan.views[gid].free or 0) for gid in caps}
 
@@ -396,6 +401,11 @@ class AutoBalloonPolicy(Policy):
                 high = level
         taken = {gid: float(round(amount)) for gid, amount in cut_at(low).items()
                  if round(amount) > 0}
+        return self._take_free(plan, host, excess, taken)
+
+    @staticmethod
+    def _take_free(plan: Plan, host: HostView, excess: float,
+                   taken: Mapping[GuestId, float]) -> float:
         for gid, amount in taken.items():
             view = plan.views[gid]
             plan.move(gid, int(plan.target(gid) - amount),

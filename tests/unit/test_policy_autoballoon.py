@@ -55,29 +55,42 @@ def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
     policy = make_policy("autoballoon")
     guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
               guest("b", 16 * GiB, 16 * GiB, free=2 * GiB, caches=2 * GiB)]
+    # headroom 10 - 5 = 5 GiB, exposure 10 GiB: 5 GiB of free memory is ballooned
+    out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
+    cut = {gid: 16 * GiB - t for gid, t in out.items()}
+    assert abs(sum(cut.values()) - 5 * GiB) < 4 * MiB
+    assert cut["t:a"] > cut["t:b"]  # more free memory, more of it capped
+    assert all(c <= 8 * GiB - 16 * MiB for c in cut.values())  # each keeps some free
+    assert all("cap free memory" in d.reason for d in policy.decide(
+        snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
+
+
+def test_covering_one_guests_burst_caps_only_the_most_free() -> None:
+    policy = make_policy("autoballoon", exposure_guests=1)
+    guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
+              guest("b", 16 * GiB, 16 * GiB, free=2 * GiB, caches=2 * GiB)]
     # headroom 10 - 5 = 5 GiB; one guest's burst (a's 8 GiB free) is the exposure:
     # a is capped to 5 GiB free, b (2 GiB free) is left alone
     out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
     assert set(out) == {"t:a"}
     assert abs(16 * GiB - out["t:a"] - 3 * GiB) < 4 * MiB
-    assert all("cap free memory" in d.reason for d in policy.decide(
-        snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
 
 
-def test_every_guests_free_memory_is_covered_with_exposure_guests_zero() -> None:
-    policy = make_policy("autoballoon", exposure_guests=0)
+def test_covering_two_guests_cuts_the_most_free_to_one_level() -> None:
+    policy = make_policy("autoballoon", exposure_guests=2)
     guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
-              guest("b", 16 * GiB, 16 * GiB, free=4 * GiB, caches=2 * GiB)]
-    # exposure 12 GiB, headroom 5 GiB: the most free are cut to one level (2.5 GiB)
+              guest("b", 16 * GiB, 16 * GiB, free=4 * GiB, caches=2 * GiB),
+              guest("c", 16 * GiB, 16 * GiB, free=GiB, caches=2 * GiB)]
+    # exposure a + b = 12 GiB, headroom 5 GiB: a and b are cut to 2.5 GiB free each
     out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
     cut = {gid: 16 * GiB - t for gid, t in out.items()}
-    assert abs(sum(cut.values()) - 7 * GiB) < 4 * MiB
+    assert set(cut) == {"t:a", "t:b"}
     assert abs(cut["t:a"] - (8 * GiB - 2.5 * GiB)) < 4 * MiB
     assert abs(cut["t:b"] - (4 * GiB - 2.5 * GiB)) < 4 * MiB
 
 
-def test_exposure_cut_keeps_guest_keep_free() -> None:
-    policy = make_policy("autoballoon", exposure_guests=0)
+def test_a_level_cut_keeps_guest_keep_free() -> None:
+    policy = make_policy("autoballoon", exposure_guests=2)
     guests = [guest("a", 16 * GiB, 16 * GiB, free=3 * GiB, caches=0),
               guest("b", 16 * GiB, 16 * GiB, free=3 * GiB, caches=0)]
     # exposure 6 GiB, headroom 0: both keep guest_keep_free (16 MiB), no more
