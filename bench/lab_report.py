@@ -6,9 +6,10 @@ Targets, per scenario:
   at least :data:`MIN_AUTOBALLOON_RUNS` times with 0 QEMUs OOM-killed and 0 guest
   OOM kills in every run, and its guests kept more memory in use on average
   (their processes and page cache, as the guests report it) than the static cap
-  when that cap also kept every guest alive. Runs recorded before guests reported
-  their memory in use are compared by the QEMUs' resident memory instead, which
-  also counts free pages a guest holds without reporting them;
+  when that cap also kept every guest alive (in all its runs). The memory in use is
+  averaged over the runs that report it; when one side has no such run (runs
+  recorded before guests reported it) the QEMUs' resident memory of all runs is
+  compared instead, which also counts free pages a guest holds unreported;
 * too much demand: no ``autoballoon`` run lost more QEMUs than no ballooning did,
   and every run escalated before its first death (or had none);
 * every other configuration ran at least once.
@@ -90,12 +91,15 @@ def summarize(runs: Iterable[Run]) -> list[Summary]:
 
 
 def kept_memory(ours: list[Run], theirs: list[Run]) -> tuple[str, float, float]:
-    """The figure both groups have (memory in use, else resident memory) and the means."""
+    """The figure both groups have and its means: memory in use over the runs that
+    report it when both groups have such runs, else resident memory over all runs."""
+    mine = [r for r in ours if r.get("guests_in_use_mib")]
+    yours = [r for r in theirs if r.get("guests_in_use_mib")]
     key, what = "guests_in_use_mib", "kept in use"
-    if not all(r.get(key) for r in [*ours, *theirs]):
-        key, what = "guests_held_mib", "held (resident)"
-    return (what, sum(float(r[key]) for r in ours) / len(ours),
-            sum(float(r[key]) for r in theirs) / len(theirs))
+    if not mine or not yours:
+        mine, yours, key, what = list(ours), list(theirs), "guests_held_mib", "held (resident)"
+    return (what, sum(float(r[key]) for r in mine) / len(mine),
+            sum(float(r[key]) for r in yours) / len(yours))
 
 
 def verdict(scenario: str, grouped: Mapping[tuple[str, str], list[Run]],

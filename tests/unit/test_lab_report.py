@@ -64,7 +64,15 @@ def test_memory_in_use_decides_when_every_run_reports_it() -> None:
     assert "kept in use 700 MiB" in result.reasons[0]
 
 
-def test_a_run_without_the_in_use_figure_falls_back_to_resident_memory() -> None:
+def test_runs_without_the_in_use_figure_are_left_out_of_its_mean() -> None:
+    runs = survival_runs(held=850, in_use=700)
+    runs[1] = run("ramp16", "static", held=900)  # recorded before the figure existed
+    runs.append(run("ramp16", "static", held=900, in_use=650))
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert result.met, result.reasons
+
+
+def test_without_in_use_figures_on_one_side_resident_memory_decides() -> None:
     runs = survival_runs(held=850, in_use=700)
     runs[1] = run("ramp16", "static", held=900)
     [result] = verdicts(runs, ["ramp16"], CONFIGS)
