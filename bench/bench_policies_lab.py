@@ -489,10 +489,10 @@ def report(paths: list[Path], markdown: bool) -> int:
     print(f"\n{'### ' if markdown else ''}summary\n")
     headers = ("scenario", "config", "runs", "runs all alive", "QEMUs killed",
                "guest OOM kills", "guests held MiB (mean)", "(lowest run)",
-               "guests in use MiB (mean)", "(lowest run)")
+               "guests in use MiB (mean)", "(lowest run)", "runs in use")
     rows = [[s.scenario, s.config, str(s.runs), str(s.runs_all_alive), str(s.qemus_killed),
              str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}",
-             _opt_mib(s.in_use_mean_mib), _opt_mib(s.in_use_min_mib)]
+             _opt_mib(s.in_use_mean_mib), _opt_mib(s.in_use_min_mib), str(s.in_use_runs)]
             for s in sorted(summarize(raw), key=lambda s: (list(SCENARIOS).index(s.scenario),
                                                            list(CONFIGS).index(s.config)))]
     print_rows(headers, rows, markdown)

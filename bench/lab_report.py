@@ -57,8 +57,9 @@ class Summary:
     held_mean_mib: float
     held_min_mib: float
     in_use_mean_mib: float | None
-    """None when a run of the group has no in-use figure (recorded before it existed)."""
+    """Over the runs that report it; None when none does (recorded before it existed)."""
     in_use_min_mib: float | None
+    in_use_runs: int
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,14 @@ def summarize(runs: Iterable[Run]) -> list[Summary]:
     summaries = []
     for (scenario, config), members in group(runs).items():
         held = [float(r["guests_held_mib"]) for r in members]
-        in_use = [float(r.get("guests_in_use_mib") or 0.0) for r in members]
-        known = all(in_use)
+        in_use = [float(r["guests_in_use_mib"]) for r in members if r.get("guests_in_use_mib")]
         summaries.append(Summary(
             scenario, config, len(members), sum(kept_alive(r) for r in members),
             sum(int(r["qemu_killed"]) for r in members),
             sum(int(r["guest_oom_kills"]) for r in members),
             sum(held) / len(held), min(held),
-            sum(in_use) / len(in_use) if known else None, min(in_use) if known else None))
+            sum(in_use) / len(in_use) if in_use else None, min(in_use) if in_use else None,
+            len(in_use)))
     return summaries
 
 
