@@ -293,15 +293,26 @@ class AutoBalloonPolicy(Policy):
 
     def _exposure(self, plan: Plan, cut: Mapping[GuestId, float] | None = None) -> float:
         """What the guests may take before a balloon can move: the deflations on their
-        way, and the free memory of the ``exposure_guests`` guests with the most, after
-        the moves planned so far (and the ``cut`` considered)."""
-        views = plan.views.values()
+        way, the free memory of every guest whose balloon cannot be moved now (stalled,
+        under pressure, weight 0), and of the ``exposure_guests`` others with the most
+        (0: all), after the moves planned so far (and the ``cut`` considered)."""
         cut = cut or {}
-        free = sorted((max(0.0, (v.free or 0) - max(0, v.size - plan.target(v.state.id))
-                           - cut.get(v.state.id, 0.0)) for v in views), reverse=True)
+        held: list[float] = []
+        movable: list[float] = []
+        for view in plan.views.values():
+            gid = view.state.id
+            free = max(0.0, (view.free or 0) - max(0, view.size - plan.target(gid))
+                       - cut.get(gid, 0.0))
+            (movable if self._movable(view.state, plan.now) else held).append(free)
         if self.s.exposure_guests:
-            free = free[:self.s.exposure_guests]
-        return sum(free) + sum(v.granted_on_way for v in views)
+            movable = sorted(movable, reverse=True)[:self.s.exposure_guests]
+        return (sum(held) + sum(movable)
+                + sum(v.granted_on_way for v in plan.views.values()))
+
+    @staticmethod
+    def _movable(guest: GuestState, now: float) -> bool:
+        """Whether this round may balloon the guest (what the exposure cut may use)."""
+        return not under_pressure(guest) and now >= guest.stalled_until and guest.weight > 0
 
     def _keep(self, size: int) -> int:
         return max(self.s.guest_keep, int(self.s.guest_keep_percent * size))
@@ -315,8 +326,8 @@ class AutoBalloonPolicy(Policy):
         it (for example once the guest let go of a burst and refills its cache).
         """
         return [v for v in plan.views.values()
-                if not under_pressure(v.state) and snapshot.time >= v.state.stalled_until
-                and v.state.weight > 0 and v.state.id not in plan.moves]
+                if AutoBalloonPolicy._movable(v.state, snapshot.time)
+                and v.state.id not in plan.moves]
 
     def _recently_given(self, guest: GuestState, now: float) -> bool:
         return (guest.last_action in ("deflate", "adopted") and guest.last_action_time is not None

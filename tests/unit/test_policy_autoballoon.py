@@ -89,6 +89,25 @@ def test_covering_two_guests_cuts_the_most_free_to_one_level() -> None:
     assert abs(cut["t:b"] - (4 * GiB - 2.5 * GiB)) < 4 * MiB
 
 
+def test_a_stalled_guests_free_memory_counts_in_full() -> None:
+    policy = make_policy("autoballoon", exposure_guests=1)
+    stalled = guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=0, stalled_until=100.0)
+    guests = [stalled, guest("b", 16 * GiB, 16 * GiB, free=6 * GiB, caches=0),
+              guest("c", 16 * GiB, 16 * GiB, free=GiB, caches=0)]
+    # a cannot be ballooned, so all its 8 GiB count, and the 5 GiB headroom is gone:
+    # b and c give their free memory down to guest_keep_free
+    out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB,
+                                         time=50.0), tick(50.0)))
+    assert "t:a" not in out
+    assert abs(16 * GiB - out["t:b"] - (6 * GiB - 16 * MiB)) < 2 * MiB
+    assert abs(16 * GiB - out["t:c"] - (GiB - 16 * MiB)) < 2 * MiB
+    # once a can move again, only the largest free memory (a's) is covered
+    later = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB,
+                                           time=150.0), tick(150.0)))
+    assert abs(16 * GiB - later["t:a"] - 3 * GiB) < 4 * MiB
+    assert abs(16 * GiB - later["t:b"] - GiB) < 4 * MiB
+
+
 def test_a_level_cut_keeps_guest_keep_free() -> None:
     policy = make_policy("autoballoon", exposure_guests=2)
     guests = [guest("a", 16 * GiB, 16 * GiB, free=3 * GiB, caches=0),
