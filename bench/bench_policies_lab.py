@@ -131,13 +131,16 @@ def guest_script(program: tuple[dict[str, object], ...]) -> str:
     ]) + "\n"
 
 
-def daemon_config(lab: Lab, run_dir: Path, policy: str, fpr: bool) -> str:
+def daemon_config(lab: Lab, run_dir: Path, policy: str, fpr: bool,
+                  options: tuple[tuple[str, str], ...] = ()) -> str:
+    """The daemon's configuration; ``options`` are TOML ``key = value`` lines of the policy."""
     from autoballoon_lab.daemonproc import DaemonProcess
 
     assert lab.cgroup is not None and lab.run_dir is not None
-    extra = ""
+    lines = [f"{key} = {value}" for key, value in options]
     if policy == "autoballoon":
-        extra = f"\n[policies.autoballoon]\nfree_page_reporting = {str(fpr).lower()}\n"
+        lines.insert(0, f"free_page_reporting = {str(fpr).lower()}")
+    extra = f"\n[policies.{policy}]\n" + "\n".join(lines) + "\n" if lines else ""
     return DaemonProcess.core_settings(run_dir) + f"""
 [engine]
 policy = "{policy}"
@@ -301,13 +304,15 @@ def boot(configs: list[GuestConfig], scenario: Scenario, tries: int = 2) -> Iter
 
 
 def run_config(name: str, scenario: Scenario, verbose: bool,
-               keep_logs: Path | None = None) -> RunResult:
+               keep_logs: Path | None = None,
+               options: tuple[tuple[str, str], ...] = ()) -> RunResult:
     from autoballoon_lab import GuestConfig
     from autoballoon_lab.daemonproc import DaemonProcess
 
     daemon_on = name in POLICIES
     fpr = name != "none"
-    result = RunResult(scenario=scenario.name, config=name, fpr=fpr, daemon=daemon_on,
+    label = " ".join([name, *(f"{k}={v}" for k, v in options)]) if daemon_on else name
+    result = RunResult(scenario=scenario.name, config=label, fpr=fpr, daemon=daemon_on,
                        demands_total=scenario.demand_steps())
     disk = ("-drive", f"driver=null-co,size={scenario.disk_mib}M,read-zeroes=on,"
             "if=none,id=nulldisk0", "-device", "virtio-blk-pci,drive=nulldisk0")
@@ -326,7 +331,7 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
             if daemon_on:
                 run_dir = lab.run_dir / "daemon"
                 run_dir.mkdir()
-                daemon = DaemonProcess(run_dir, daemon_config(lab, run_dir, name, fpr))
+                daemon = DaemonProcess(run_dir, daemon_config(lab, run_dir, name, fpr, options))
                 with daemon:
                     started_wall = time.time()
                     observe(lab, scenario, result)
@@ -429,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", metavar="JSON[,JSON]",
                         help="run nothing: print the tables of recorded runs and check "
                         "them against the targets (exit 1 when one is missed)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a policy option for every daemon run (VALUE in TOML syntax, "
+                        "e.g. exposure_guests=1); the runs are labelled with it")
     parser.add_argument("--guest-program", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.guest_program:
@@ -444,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
         scenarios.append(SCENARIOS[name])
+    try:
+        options = parse_options(args.option)
+    except ValueError as error:
+        parser.error(str(error))
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -457,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "static" and scenario.static_cap_mib is None:
                     continue
                 began = time.monotonic()
-                result = run_config(name, scenario, args.verbose, args.keep_logs)
+                result = run_config(name, scenario, args.verbose, args.keep_logs, options)
                 if args.repeat > 1:
-                    result.config = f"{name} #{attempt}"
+                    result.config = f"{result.config} #{attempt}"
                 results.append(result)
                 print(f"{scenario.name} {result.config}: done in "
                       f"{time.monotonic() - began:.0f} s, {result.qemu_killed} QEMU killed"
@@ -469,6 +481,22 @@ def main(argv: list[str] | None = None) -> int:
                     _append_json(args.json, result)
     print_tables(results, args.markdown)
     return 1 if any(r.error for r in results) else 0
+
+
+def _config_order(config: str) -> tuple[int, str]:
+    """Known configurations in their order, then variants (``--option`` runs) by name."""
+    return (CONFIGS.index(config), "") if config in CONFIGS else (len(CONFIGS), config)
+
+
+def parse_options(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` arguments (VALUE in TOML syntax) as pairs; ValueError names a bad one."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE (VALUE in TOML syntax)")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def load_runs(paths: list[Path]) -> list[RunResult]:
@@ -494,7 +522,7 @@ def report(paths: list[Path], markdown: bool) -> int:
              str(s.guest_oom_kills), f"{s.held_mean_mib:.0f}", f"{s.held_min_mib:.0f}",
              _opt_mib(s.in_use_mean_mib), _opt_mib(s.in_use_min_mib), str(s.in_use_runs)]
             for s in sorted(summarize(raw), key=lambda s: (list(SCENARIOS).index(s.scenario),
-                                                           list(CONFIGS).index(s.config)))]
+                                                           _config_order(s.config)))]
     print_rows(headers, rows, markdown)
     scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in runs)]
     results = verdicts(raw, scenarios, CONFIGS)
