@@ -13,7 +13,7 @@ import pytest
 from autoballoon_core.control import MAX_DEPTH, MAX_REQUEST, ControlServer
 
 
-async def _ping(_request: dict[str, Any]) -> dict[str, Any]:
+async def _ping(_request: dict[str, Any], _peer: Any) -> dict[str, Any]:
     return {"pong": True}
 
 
