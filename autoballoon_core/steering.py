@@ -104,12 +104,12 @@ def _mib(value: int) -> str:
 
 def host_figures(snapshot: Snapshot, reserve: float | None) -> dict[str, Any]:
     host = snapshot.host
+    kept = None if reserve is None else int(reserve)
     headroom = None
-    if host.mem_available is not None and reserve is not None:
-        headroom = int(host.mem_available - reserve)
+    if host.mem_available is not None and kept is not None:
+        headroom = host.mem_available - kept
     return {"level": host.level.name.lower(), "mem_total": host.mem_total,
-            "mem_available": host.mem_available,
-            "reserve": None if reserve is None else int(reserve), "headroom": headroom}
+            "mem_available": host.mem_available, "reserve": kept, "headroom": headroom}
 
 
 def guest_figures(guest: GuestState | None, now: float) -> dict[str, Any]:
