@@ -50,7 +50,8 @@ GROUP_OPTIONS = ("control_socket_group", "control_read_group", "control_admin_gr
 """The ``[daemon]`` keys that name a group."""
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 """Linux >= 4.13; Python does not export the constant (59 on every Linux ABI but a few)."""
-MAX_GROUPS = 65536
+PEERGROUPS_BUFFER = 1024
+"""The most Python's ``getsockopt`` reads: 256 groups (more: ``/proc/PID/status``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +93,11 @@ def group_id(key: str, name: str) -> int:
 
 def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, PEERGROUPS_BUFFER)
         return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
     except OSError:
         pass
-    try:  # kernels before 4.13: the process's groups now
+    try:  # kernels before 4.13, or more groups than the buffer holds: the groups now
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("Groups:"):
                 return frozenset(int(g) for g in line.split()[1:])

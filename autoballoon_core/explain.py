@@ -60,8 +60,11 @@ def _entry(entry: dict[str, Any]) -> list[str]:
     outcome = entry.get("outcome") or ""
     if entry.get("error"):
         outcome += f": {entry['error']}"
-    lines = [f"{_ago(entry.get('age'))}  {entry.get('origin')}"
-             + (f" round {entry['trigger']}" if entry.get("trigger") else "")
+    round_ = ""
+    if entry.get("trigger"):
+        kind, _, level = str(entry["trigger"]).partition("/")
+        round_ = f" ({kind} round, host {level})"
+    lines = [f"{_ago(entry.get('age'))}  {entry.get('origin')} decision{round_}"
              + f"{move}  {outcome}{repeat}",
              f"    why: {entry.get('reason') or '-'}",
              f"    guard: {entry.get('verdict')}"]

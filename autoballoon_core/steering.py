@@ -190,7 +190,8 @@ class Steering:
             if abs(safety.current_target(state) - manual.target) < max(min_change, 1):
                 continue
             decisions.append(Decision(gid, manual.target,
-                                      f"manual target {_mib(manual.target)} set by {manual.who}",
+                                      f"manual target {_mib(manual.target)} set by "
+                                      f"{manual.who.split(' ')[0]}",
                                       Origin.OPERATOR))
         return decisions
 

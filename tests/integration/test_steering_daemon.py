@@ -77,26 +77,8 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str =
 
 
 def config(run_dir: Path, daemon_extra: str = "") -> str:
-    return DaemonProcess.core_settings(run_dir) + daemon_extra + f"""
-[engine]
-policy = "seed-fixed"
-tick_interval = "0.5s"
-
-[guards]
-floor = "256MiB"
-max_step = "256MiB"
-cooldown = 0
-
-[policies.seed-fixed]
-release_after = "0.5s"
-release_step = "128MiB"
-
-[backends.qmp]
-enabled = true
-glob = "{run_dir}/*.qmp"
-stats_period = 0
-rescan_interval = "0.2s"
-"""
+    return (DaemonProcess.core_settings(run_dir) + daemon_extra
+            + DaemonProcess.calm_qmp_settings(f"{run_dir}/*.qmp"))
 
 
 @pytest.fixture

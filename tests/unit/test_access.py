@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,27 @@ def test_the_peer_is_read_from_the_kernel() -> None:
     assert (seen.pid, seen.uid, seen.gid) == (os.getpid(), os.geteuid(), os.getegid())
     assert seen.groups == frozenset(os.getgroups())
     assert seen.who() == {"uid": os.geteuid(), "user": seen.user, "pid": os.getpid()}
+
+
+def test_a_peer_with_many_groups_has_them_all(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("setgroups needs root")
+    groups = list(range(20000, 20100))  # more than the first buffer holds
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(1)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import os, socket, sys; s = socket.socket(socket.AF_UNIX); "
+             "s.connect(sys.argv[1]); os.setgroups([]); s.send(b'r'); s.recv(1)", path],
+            preexec_fn=lambda: os.setgroups(groups))
+        try:
+            connection, _ = server.accept()
+            with connection:
+                assert connection.recv(1) == b"r"  # it dropped its groups after connecting
+                seen = peer_of(connection)
+                connection.sendall(b"x")
+        finally:
+            child.wait(10)
+    assert seen is not None and seen.pid == child.pid
+    assert seen.groups == frozenset(groups)  # as they were when it connected
