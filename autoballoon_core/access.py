@@ -176,16 +176,16 @@ class AccessTable:
             return ""
         who = self._who_may(COMMAND_CLASSES.get(command, CHANGE))
         mine = ", ".join(self.commands(peer)) or "nothing"
-        return (f"{command}: only root{who} may send it; {peer.user} (uid {peer.uid}) "
+        return (f"{command}: only {who} may send it; {peer.user} (uid {peer.uid}) "
                 f"may send: {mine}")
 
     def _who_may(self, kind: str) -> str:
         keys = {READ: ("control_read_group", "control_admin_group"),
                 HINT: ("control_socket_group", "control_admin_group"),
                 CHANGE: ("control_admin_group",)}[kind]
-        groups = [f"members of {self.names[k]!r} ([daemon] {k})" for k in keys
-                  if k in self.names]
-        return ", the daemon's user" + "".join(f" or {g}" for g in groups)
+        who = ["root", "the daemon's user"] + [
+            f"members of {self.names[k]!r} ([daemon] {k})" for k in keys if k in self.names]
+        return ", ".join(who[:-1]) + " or " + who[-1]
 
     def socket_mode(self) -> tuple[int | None, int]:
         """The group and mode the socket file gets.

@@ -214,12 +214,18 @@ class Steering:
         """Keep ``entry``; a repeat of the last one only counts up."""
         entries = self.history.setdefault(guest, collections.deque(maxlen=HISTORY))
         last = entries[-1] if entries else None
-        if (not pending and last is not None and last.origin == entry.origin
+        # a dry run (or pause) asks for the same target every round: count it too
+        same_outcome = last is not None and (
+            last.outcome == entry.outcome or (pending and last.outcome == "dry-run"))
+        if (last is not None and same_outcome and last.origin == entry.origin
                 and last.verdict == entry.verdict and last.target == entry.target
-                and last.outcome == entry.outcome and last.reason == entry.reason):
+                and last.previous == entry.previous and last.reason == entry.reason
+                and (not pending or last.outcome == "dry-run")):
             last.count += 1
             last.last = entry.time
             last.host, last.guest = entry.host, entry.guest
+            if pending:
+                self._pending[guest] = last
             return last
         entries.append(entry)
         if pending:

@@ -231,3 +231,14 @@ def test_explain_renders_what_a_person_asks() -> None:
     assert "4096 MiB -> 3072 MiB (wanted 2048 MiB)" in text
     assert "idle (MemAvailable) 900 MiB" in text and "headroom" in text
     assert "guard: approved" in text
+
+
+def test_a_paused_engine_counts_the_same_dry_run_decision_instead_of_repeating_it() -> None:
+    core, _ = make_core(Policy())
+    core.pause("root", "", 1.0)
+    for t in range(2, 2 + 2 * HISTORY):
+        tick(core, float(t))
+        core.steering.outcome("fake:a", "dry-run")
+    entries = list(core.steering.history["fake:a"])
+    assert len(entries) == 1 and entries[0].count == 2 * HISTORY
+    assert entries[0].outcome == "dry-run" and entries[0].verdict == "approved"
