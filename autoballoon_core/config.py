@@ -359,7 +359,7 @@ def _check_groups(raw: _Raw, daemon: Mapping[str, Any]) -> None:
             continue
         try:
             grp.getgrnam(name)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: NUL or unencodable characters
             raise ConfigError(raw.where(f"daemon.{key}"), f"daemon.{key}",
                               f"no group named {name!r} on this host (allowed: an existing "
                               "group's name, or \"\" for none)") from None
