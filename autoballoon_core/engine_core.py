@@ -3,8 +3,10 @@
 One :class:`EngineCore` holds the guest table (ownership, per-guest overrides,
 adoption of guest-initiated deflation), the host and guest pressure holds,
 event coalescing and the classification of each round's trigger, the timer,
-the stall watch, the safety guard's review and escalation. Every method takes
-the time it runs at; the core never reads a clock. Two drivers use it:
+the stall watch, the safety guard's review and escalation, and operators'
+steering (:mod:`autoballoon_core.steering`: manual targets, managed overrides,
+the pause, each guest's recent verdicts). Every method takes the time it runs
+at; the core never reads a clock. Two drivers use it:
 
 * :class:`autoballoon_core.engine.Engine`, the daemon's asyncio engine, which
   calls :meth:`EngineCore.run_due` when :meth:`EngineCore.next_deadline`
