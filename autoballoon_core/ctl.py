@@ -339,8 +339,13 @@ def _steering_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: global options and one subcommand."""
-    parser = argparse.ArgumentParser(prog="autoballoonctl",
-                                     description=plain(__doc__.splitlines()[0]))
+    parser = argparse.ArgumentParser(
+        prog="autoballoonctl", description=plain(__doc__.splitlines()[0]),
+        epilog="Looking (status, top, explain, ping) needs root, the daemon's user or "
+        "[daemon] control_read_group; steering (set, manage, unmanage, pause, resume, "
+        "reload) root, the daemon's user or control_admin_group. Each change is an audit "
+        "record naming who asked. Exit codes: 0 fine, 1 daemon unreachable or command "
+        "failed or refused, 2 bad configuration.")
     parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET,
                         help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)
