@@ -1,7 +1,10 @@
 """The JSON-lines audit log: every pressure event and every decision round.
 
-One object per line with a ``kind`` of ``event``, ``round`` or ``escalation``; times are
-monotonic seconds (``t``) plus wall-clock seconds (``wall``) for people.
+One object per line with a ``kind`` of ``event``, ``round``, ``escalation`` or
+``operator`` (a control command that changes something, or was refused, with
+who asked: ``uid``, ``user``, ``pid``; or the engine ending a manual target by
+itself, ``"cmd": "engine"``); times are monotonic seconds (``t``) plus
+wall-clock seconds (``wall``) for people.
 
 The file is watched like :class:`logging.handlers.WatchedFileHandler` does:
 before each record, when the path no longer names the open file (logrotate
@@ -163,6 +166,11 @@ class AuditLog:
     def autoballoon_escalate(self, escalation: Escalation, snapshot: Snapshot) -> None:
         self._write({"kind": "escalation", "t": escalation.time,
                      **escalation_payload(escalation, snapshot)})
+        self._file.flush()
+
+    def operator(self, record: Mapping[str, Any]) -> None:
+        """An operator's command (or its refusal), with who asked."""
+        self._write({"kind": "operator", "t": self.clock(), **record})
         self._file.flush()
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ and what is allowed.
 from __future__ import annotations
 
 import fnmatch
+import grp
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,17 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("control_socket", Kind.STR, "/run/autoballoon/control.sock",
            "Path of the control socket (created with mode 0600)."),
     Option("control_socket_group", Kind.STR, "",
-           "Group given the control socket, with mode 0660 (e.g. `kvm` for oVirt's VDSM "
-           "hooks); its members may send `ping` and `hint` only. Empty: root only."),
+           "Group whose members may send `ping` and `hint` (e.g. `kvm` for oVirt's VDSM "
+           "hooks). Empty: none."),
+    Option("control_read_group", Kind.STR, "",
+           "Group whose members may use the read-only commands: `ping`, `status`, "
+           "`explain` (monitoring, hook scripts). Empty: none."),
+    Option("control_admin_group", Kind.STR, "",
+           "Group whose members may use every command, the changing ones too (`set`, "
+           "`manage`, `unmanage`, `pause`, `resume`, `reload`). Empty: root and the "
+           "daemon's user only. One group among the three: the socket is that group's with "
+           "mode 0660; several: mode 0666, each command checked against the peer's "
+           "credentials."),
     Option("audit_log", Kind.STR, "",
            "JSON-lines audit log of every event and decision; empty: none. Reopened when "
            "moved away (logrotate) and on SIGHUP."),
@@ -341,6 +351,20 @@ def _guest_overrides(raw: _Raw) -> tuple[GuestOverride, ...]:
     return tuple(overrides)
 
 
+def _check_groups(raw: _Raw, daemon: Mapping[str, Any]) -> None:
+    """Every ``[daemon] control_*_group`` names a group of this host."""
+    for key in ("control_socket_group", "control_read_group", "control_admin_group"):
+        name = daemon[key]
+        if not name:
+            continue
+        try:
+            grp.getgrnam(name)
+        except (KeyError, ValueError):  # ValueError: NUL or unencodable characters
+            raise ConfigError(raw.where(f"daemon.{key}"), f"daemon.{key}",
+                              f"no group named {name!r} on this host (allowed: an existing "
+                              "group's name, or \"\" for none)") from None
+
+
 def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
     """Check every key of every section; build the :class:`Config`."""
     for key in raw.data:
@@ -351,6 +375,7 @@ def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
         name: _validate_section(raw, name, raw.data.get(name, {}), options)
         for name, options in _FIXED_SECTIONS.items()
     }
+    _check_groups(raw, fixed["daemon"])
     policy = fixed["engine"]["policy"]
     if policy not in registry.policies:
         known = ", ".join(sorted(registry.policies)) or "none loaded"

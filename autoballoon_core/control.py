@@ -2,31 +2,32 @@
 
 Request: one JSON object per line, ``{"cmd": "status"}``. Reply: one JSON
 object per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
-Commands: ``ping``, ``status``, ``reload``, and ``hint`` (``{"cmd": "hint",
-"backend": "libvirt", "name": "vm1", "event": "started"}``, sent by the
-libvirt and oVirt hook scripts).
+Commands: ``ping``, ``status``, ``explain``, ``reload``, ``set``,
+``manage``, ``unmanage``, ``pause``, ``resume``, and ``hint``
+(``{"cmd": "hint", "backend": "libvirt", "name": "vm1", "event":
+"started"}``, sent by the libvirt and oVirt hook scripts).
 
-The socket has mode 0600 (the daemon's user only), or, with ``[daemon]
-control_socket_group``, that group and mode 0660. A peer whose uid (from
-``SO_PEERCRED``) is neither root nor the daemon's may only use
-:data:`PEER_COMMANDS`: a group member can send hints, not reload or read
-the status.
+Who may send what is :mod:`autoballoon_core.access`: every request is checked
+against the peer's credentials (``SO_PEERCRED``, ``SO_PEERGROUPS``) before
+its handler runs. The socket file has mode 0600 (the daemon's user only), or
+the one configured group and mode 0660, or mode 0666 when several groups are
+configured (see :meth:`~autoballoon_core.access.AccessTable.socket_mode`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import json
 import logging
 import os
 import re
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from autoballoon_core.access import AccessTable, Peer, group_id, peer_of
 
 log = logging.getLogger("autoballoon.control")
 
@@ -36,42 +37,37 @@ MAX_DEPTH = 32
 """Deepest nesting of arrays and objects in a request; deeper ones are refused unparsed."""
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 """A string (possibly unclosed: it then runs to the end, so the scan stays linear) or a bracket."""
-PEER_COMMANDS = frozenset({"ping", "hint"})
-"""What a peer that is neither root nor the daemon's user may send."""
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def group_id(name: str) -> int:
-    """The gid of ``[daemon] control_socket_group``; ValueError names the key."""
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ValueError(f"[daemon] control_socket_group: no group named {name!r} "
-                         "on this host (create it, or leave the option empty)") from None
-
-
-def peer_uid(writer: asyncio.StreamWriter) -> int | None:
-    """The connected peer's uid (``SO_PEERCRED``), or None when unknown."""
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+Handler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
+"""A command's handler: the request and who sent it; its reply's fields."""
 
 
 class ControlServer:
-    def __init__(self, path: str, handlers: dict[str, Handler], group: str = "") -> None:
+    """The socket, its file mode, and one permission check per request.
+
+    ``access`` decides who may send what; without one, the old rule holds:
+    ``group`` (``[daemon] control_socket_group``) may send ``ping`` and ``hint``.
+    """
+
+    def __init__(self, path: str, handlers: dict[str, Handler], group: str = "",
+                 access: AccessTable | None = None,
+                 refused: Callable[[Peer | None, str, str], None] | None = None) -> None:
         self.path = Path(path)
         self.handlers = handlers
         self.group = group
+        self.access = access
+        self.refused = refused
+        """Told of each command refused for want of permission (for the audit log)."""
         self._server: asyncio.AbstractServer | None = None
 
+    def _table(self) -> AccessTable:
+        if self.access is None:
+            gid = group_id("control_socket_group", self.group) if self.group else None
+            names = {"control_socket_group": self.group} if self.group else {}
+            self.access = AccessTable(os.geteuid(), socket_gid=gid, names=names)
+        return self.access
+
     async def start(self) -> None:
-        gid = group_id(self.group) if self.group else None
+        gid, mode = self._table().socket_mode()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if self.path.is_socket():
             if _answers(self.path):
@@ -84,11 +80,9 @@ class ControlServer:
             )
         finally:
             os.umask(old_umask)
-        if gid is None:
-            os.chmod(self.path, 0o600)
-        else:
+        if gid is not None:
             os.chown(self.path, -1, gid)
-            os.chmod(self.path, 0o660)
+        os.chmod(self.path, mode)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -99,8 +93,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid = peer_uid(writer)
-        trusted = uid is not None and uid in (0, os.geteuid())
+        peer = peer_of(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -110,7 +103,7 @@ class ControlServer:
                     return
                 if not line:
                     return
-                await _reply(writer, await self._dispatch(line, trusted))
+                await _reply(writer, await self._dispatch(line, peer))
         except (ConnectionError, BrokenPipeError):
             return
         finally:
@@ -118,23 +111,31 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _dispatch(self, line: bytes, trusted: bool = True) -> dict[str, Any]:
+    async def _dispatch(self, line: bytes, peer: Peer | None) -> dict[str, Any]:
         request, error = parse_request(line)
         if error:
             return {"ok": False, "error": error}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": "expected {\"cmd\": ...}"}
         handler = self.handlers.get(request["cmd"])
-        if handler is not None and not trusted and request["cmd"] not in PEER_COMMANDS:
-            return {"ok": False, "error": f"{request['cmd']}: only root may send it; "
-                    f"members of the socket's group may send {', '.join(sorted(PEER_COMMANDS))}"}
         if handler is None:
             return {"ok": False, "error": f"unknown command; known: {', '.join(self.handlers)}"}
+        refusal = self._table().refusal(peer, request["cmd"])
+        if refusal or peer is None:
+            if self.refused is not None:
+                self.refused(peer, request["cmd"], refusal)
+            return {"ok": False, "error": refusal, "refused": True}
         try:
-            return {"ok": True, **(await handler(request))}
+            return {"ok": True, **(await handler(request, peer))}
+        except CommandRefused as exc:
+            return {"ok": False, "error": str(exc), "refused": True}
         except Exception as exc:
             log.exception("control command %s failed", request["cmd"])
             return {"ok": False, "error": str(exc)}
+
+
+class CommandRefused(ValueError):
+    """A handler's clear refusal (an invariant, an unknown guest): an error reply, no traceback."""
 
 
 def nesting(line: bytes) -> int:

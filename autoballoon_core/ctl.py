@@ -1,8 +1,12 @@
 """``autoballoonctl``: talk to a running daemon, or check a configuration.
 
-Commands: ``status`` (a table of host pressure and every guest), ``top`` (the
-same, refreshing), ``check-config``, ``reload``, ``plot`` (an audit log as a PNG).
-Exit codes: 0 fine, 1 daemon unreachable or command failed, 2 bad config.
+Looking: ``status`` (a table of host pressure and every guest), ``top`` (the
+same, refreshing), ``explain GUEST`` (why the daemon did what it did to a
+guest), ``ping``, ``plot`` (an audit log as a PNG), ``check-config``.
+Steering: ``set GUEST SIZE [--for DURATION]`` and ``set GUEST auto``,
+``manage GUEST``, ``unmanage GUEST``, ``pause``, ``resume``, ``reload``.
+Exit codes: 0 fine, 1 daemon unreachable or command failed or refused, 2 bad
+config.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from rich.text import Text
 
 from autoballoon_core import bootstrap, configcheck, control
 from autoballoon_core.config import DAEMON_OPTIONS, DEFAULT_PATH, DROPIN_DIR_NAME, ConfigError
+from autoballoon_core.options import OptionError, parse_duration, parse_size
 from autoballoon_core.plugins import PluginError
 
 DEFAULT_SOCKET = next(o.default for o in DAEMON_OPTIONS if o.name == "control_socket")
@@ -68,18 +73,25 @@ def render(status: dict[str, Any]) -> Group:
     host = status["host"]
     level = host["level"]
     readings = ", ".join(f"{k}={v:g}" for k, v in sorted(host["readings"].items())[:6])
-    head = Text.assemble(
+    head: Text | Group = Text.assemble(
         ("host pressure now ", "bold"), (level.upper(), LEVEL_STYLE.get(level, "")),
         _after_level(status),
         f"  policy {status['policy']}", ("  DRY RUN" if status["dry_run"] else "", "bold magenta"),
     )
+    paused = status.get("paused")
+    if paused:
+        head = Group(head, Text(paused_line(paused), "bold white on red"))
+    manual = status.get("manual") or {}
     table = Table(box=None, header_style="bold")
     numeric = {"max", "actual", "ballooned", "target", "floor"}
     for column in ("guest", "max", "actual", "ballooned", "target", "floor", "pressure",
                    "last action", "why (last action)"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for guest in sorted(status["guests"], key=lambda g: g["id"]):
-        name = guest["id"] + ("" if guest["reachable"] else " (unreachable)")
+        name = guest["id"] + ("" if guest["reachable"] else " (unreachable)") + (
+            "" if guest.get("managed", True) else " (unmanaged)") + (
+            f" (manual {_mib(manual[guest['id']]['target'])} MiB)" if guest["id"] in manual
+            else "")
         age = guest["last_action_age"]
         action = guest["last_action"] + (f" {age:.0f}s ago" if age is not None else "")
         table.add_row(name, _mib(guest["max"]), _mib(guest["actual"]),
@@ -124,7 +136,15 @@ def plain_line(status: dict[str, Any]) -> str:
         f"{g['id']} {_mib(g['actual'])}/{_mib(g['max'])} MiB"
         + (f" (ballooned {_mib(_ballooned(g))})" if _ballooned(g) else "")
         for g in sorted(status["guests"], key=lambda g: g["id"]))
-    return f"{host_line(status)} | {guests or 'no guests'}"
+    paused = status.get("paused")
+    return (f"{paused_line(paused) + ' | ' if paused else ''}{host_line(status)} | "
+            f"{guests or 'no guests'}")
+
+
+def paused_line(paused: dict[str, Any]) -> str:
+    reason = f" ({paused['reason']})" if paused.get("reason") else ""
+    return (f"PAUSED for {paused['age']:.0f}s by {paused['who']}{reason}: decisions are "
+            "logged, no balloon is changed (autoballoonctl resume)")
 
 
 def fetch_status(socket_path: str) -> dict[str, Any]:
@@ -198,10 +218,134 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
+def command(socket_path: str, cmd: str, **fields: Any) -> dict[str, Any]:
+    """Send one command; its reply's fields, RuntimeError with the daemon's error."""
+    try:
+        reply = control.request(socket_path, cmd, **fields)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NoDaemon(socket_path, exc) from None
+    except PermissionError as exc:
+        raise RuntimeError(f"{socket_path}: {exc.strerror}: this user may not connect "
+                           "([daemon] control_read_group, control_admin_group)") from None
+    if not reply.get("ok"):
+        raise RuntimeError(f"{cmd} refused: {reply.get('error', 'failed')}")
+    return reply
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    command(args.socket, "ping")
+    print("pong")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {"guest": args.guest}
+    if args.size == "auto":
+        if args.duration is not None:
+            raise ValueError("--for goes with a size, not with auto")
+        fields["size"] = "auto"
+    else:
+        try:
+            fields["size"] = parse_size(args.size)
+            if args.duration is not None:
+                fields["for"] = parse_duration(args.duration)
+        except OptionError as exc:
+            raise ValueError(str(exc)) from None
+    done = command(args.socket, "set", **fields)["set"]
+    if done.get("auto"):
+        print(f"{done['guest']}: back to the policy" if done["had_manual"] else
+              f"{done['guest']}: had no manual target; the policy decides")
+        return 0
+    until = f" for {done['for']:g}s" if done.get("for") else " until `set GUEST auto`"
+    if "step" in done:
+        step = done["step"]
+        now = (f"first step {_mib(step['previous'])} -> {_mib(step['target'])} MiB"
+               + (" (not sent: paused or dry run)" if done.get("paused") else ""))
+    elif "waiting" in done:
+        now = f"no step now: {done['waiting']} (the next rounds try again)"
+    else:
+        now = "already there"
+    print(f"{done['guest']}: manual target {_mib(done['target'])} MiB{until}; {now}")
+    return 0
+
+
+def cmd_managed(args: argparse.Namespace) -> int:
+    done = command(args.socket, args.command, guest=args.guest)[args.command]
+    state = "managed" if done["managed"] else "unmanaged"
+    print(f"{done['guest']}: {state}" + ("" if done["changed"] else " (it already was)"))
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    done = command(args.socket, "pause", reason=args.reason)["pause"]
+    print("paused: decisions are logged, no balloon is changed" if done["changed"]
+          else "already paused")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    done = command(args.socket, "resume")["resume"]
+    print("resumed" if done["changed"] else "was not paused")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from autoballoon_core.explain import render_explain
+
+    explained = command(args.socket, "explain", guest=args.guest)["explain"]
+    if args.json:
+        print(json.dumps(explained, indent=2, default=str))
+    else:
+        print(render_explain(explained, limit=args.last))
+    return 0
+
+
+def _steering_parsers(sub: Any) -> None:
+    ping = sub.add_parser("ping", help="check that the daemon answers (read-only)")
+    ping.set_defaults(func=cmd_ping)
+    explain = sub.add_parser(
+        "explain", help="why the daemon did what it did to a guest: its last decisions with "
+        "the host's headroom, the guest's idle memory and the guard's verdict (read-only)")
+    explain.add_argument("guest", help="the guest's id (qmp:vm1) or name (vm1)")
+    explain.add_argument("--last", type=int, default=10, metavar="N",
+                         help="show the last N decisions (default 10)")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(func=cmd_explain)
+    set_ = sub.add_parser(
+        "set", help="give a guest a manual balloon target that the policy leaves alone; "
+        "it goes through the safety guard (floor, maximum, step limit, cooldown) like any "
+        "decision. `set GUEST auto` hands the guest back to the policy")
+    set_.add_argument("guest", help="the guest's id (qmp:vm1) or name (vm1)")
+    set_.add_argument("size", help="the guest's memory, such as 1GiB or 768MiB (a bare "
+                      "number is bytes), or auto")
+    set_.add_argument("--for", dest="duration", metavar="DURATION",
+                      help="keep it this long (such as 30min, 2h, 600); default: until "
+                      "`set GUEST auto`")
+    set_.set_defaults(func=cmd_set)
+    for name, what in (("manage", "take a guest into automatic control (until the "
+                        "daemon restarts; wins over the config)"),
+                       ("unmanage", "take a guest out of automatic control: it is never "
+                        "touched (until the daemon restarts; wins over the config)")):
+        managed = sub.add_parser(name, help=what)
+        managed.add_argument("guest", help="the guest's id (qmp:vm1) or name (vm1)")
+        managed.set_defaults(func=cmd_managed)
+    pause = sub.add_parser("pause", help="decide and log, but change no balloon (a "
+                           "maintenance window); `status` says so until `resume`")
+    pause.add_argument("--reason", default="", help="shown in status and the audit log")
+    pause.set_defaults(func=cmd_pause)
+    resume = sub.add_parser("resume", help="act again after `pause`")
+    resume.set_defaults(func=cmd_resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: global options and one subcommand."""
-    parser = argparse.ArgumentParser(prog="autoballoonctl",
-                                     description=plain(__doc__.splitlines()[0]))
+    parser = argparse.ArgumentParser(
+        prog="autoballoonctl", description=plain(__doc__.splitlines()[0]),
+        epilog="Looking (status, top, explain, ping) needs root, the daemon's user or "
+        "[daemon] control_read_group; steering (set, manage, unmanage, pause, resume, "
+        "reload) root, the daemon's user or control_admin_group. Each change is an audit "
+        "record naming who asked. Exit codes: 0 fine, 1 daemon unreachable or command "
+        "failed or refused, 2 bad configuration.")
     parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET,
                         help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     reload = sub.add_parser("reload", help="make the daemon re-read its configuration")
     reload.set_defaults(func=cmd_reload)
+    _steering_parsers(sub)
     plot = sub.add_parser("plot", help="draw an audit log: host pressure, balloons, actions")
     plot.add_argument("log", type=Path, help="the JSON-lines audit log ([daemon] audit_log)")
     plot.add_argument("-o", "--output", type=Path, default=Path("autoballoon.png"),

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from autoballoon_core import __version__, bootstrap
+from autoballoon_core.access import GROUP_OPTIONS, AccessTable, Peer
 from autoballoon_core.audit import AuditLog
 from autoballoon_core.config import ConfigError
-from autoballoon_core.control import ControlServer
+from autoballoon_core.control import CommandRefused, ControlServer
 from autoballoon_core.engine import MAX_NAME, Engine
 from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.notify import Notifier
 from autoballoon_core.plugins import PluginError
+from autoballoon_core.steering import MAX_DURATION, Refused
+
+MAX_REASON = 200
 
 log = logging.getLogger("autoballoon.daemon")
 
@@ -83,6 +88,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self.engine.notices.append(self._engine_notice)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -106,14 +112,18 @@ class Daemon:
             await self.engine.stop()
             self._close_metrics()
             return EXIT_START
-        self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
-            "ping": self._ping, "status": self._status, "reload": self._reload_command,
-            "hint": self._hint,
-        }, group=self.loaded.config.daemon["control_socket_group"])
         try:
+            self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
+                "ping": self._ping, "status": self._status, "explain": self._explain,
+                "reload": self._reload_command, "hint": self._hint, "set": self._set,
+                "manage": self._manage, "unmanage": self._unmanage, "pause": self._pause,
+                "resume": self._resume,
+            }, access=AccessTable.from_options(self.loaded.config.daemon),
+                refused=self._refused)
             await self.control.start()
         except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot open the control socket: %s", exc)
+            self._close_metrics()
             await self.engine.stop()
             return EXIT_START
         watchdog = None
@@ -126,6 +136,7 @@ class Daemon:
         self.notifier.stopping()
         if watchdog is not None:
             watchdog.cancel()
+        assert self.control is not None
         await self.control.stop()
         await self.engine.stop(release=self.engine.config.guards["release_on_exit"])
         self._close_metrics()
@@ -177,7 +188,8 @@ class Daemon:
         config = self.engine.config
         return (f"policy {config.policy}, sources {', '.join(config.sources) or 'none'}, "
                 f"backends {', '.join(config.backends)}, {len(self.engine.guests)} guests"
-                + (", DRY RUN" if self.engine.dry_run else ""))
+                + (", DRY RUN" if self.engine.dry_run else "")
+                + (", PAUSED" if self.engine.paused else ""))
 
     def _open_audit(self, settings: Any) -> None:
         path = settings["audit_log"]
@@ -201,6 +213,9 @@ class Daemon:
                 for section in ("sources", "backends", "block", "metrics"):
                     if getattr(config, section) != getattr(old, section):
                         log.warning("reload: changes to %s take effect after a restart", section)
+                for key in ("control_socket", *GROUP_OPTIONS):
+                    if config.daemon[key] != old.daemon[key]:
+                        log.warning("reload: [daemon] %s takes effect after a restart", key)
                 self.engine.apply_config(config)
                 self._open_audit(config.daemon)
                 set_log_level(config.daemon["log_level"])
@@ -220,18 +235,119 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(self.notifier.watchdog_interval)
 
-    async def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+    async def _ping(self, _request: dict[str, Any], _peer: Peer) -> dict[str, Any]:
         return {"pong": True}
 
-    async def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+    async def _status(self, _request: dict[str, Any], _peer: Peer) -> dict[str, Any]:
         status = self.engine.status()
         status["recent"] = [_round_summary(r) for r in list(self.engine.recent)[-10:]]
         return {"status": status}
 
-    async def _reload_command(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return await self.reload()
+    async def _explain(self, request: dict[str, Any], _peer: Peer) -> dict[str, Any]:
+        guest = self._guest_of(request)
+        return {"explain": self.engine.explain(guest)}
 
-    async def _hint(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _reload_command(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        result = await self.reload()
+        self._audit_operator(peer, "reload", result=result)
+        return result
+
+    # -- operators' commands: each checked, done in the engine, audited ----------------
+
+    def _audit_operator(self, peer: Peer | None, cmd: str, **fields: Any) -> None:
+        who = peer.describe() if peer is not None else "unknown peer"
+        log.info("operator %s: %s %s", who, cmd,
+                 " ".join(f"{k}={v}" for k, v in fields.items() if k != "result"))
+        if self.audit is not None:
+            self.audit.operator({"cmd": cmd, **(peer.who() if peer else {}), **fields})
+
+    def _refused(self, peer: Peer | None, cmd: str, error: str) -> None:
+        self._audit_operator(peer, cmd, refused=error)
+
+    def _engine_notice(self, notice: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.operator({"cmd": "engine", **notice})
+
+    def _guest_of(self, request: dict[str, Any]) -> str:
+        name = request.get("guest")
+        if not isinstance(name, str) or not 0 < len(name) <= 2 * MAX_NAME:
+            raise CommandRefused("needs a string field guest (an id such as qmp:vm1, or a name)")
+        try:
+            return self.engine.core.resolve(name)
+        except Refused as exc:
+            raise CommandRefused(str(exc)) from None
+
+    def _changing(self, peer: Peer, cmd: str, request: dict[str, Any], act: Any) -> Any:
+        """Run ``act()``; audit the change or its refusal, with who asked."""
+        guest = request.get("guest") if isinstance(request.get("guest"), str) else None
+        try:
+            result = act()
+        except (Refused, CommandRefused) as exc:
+            self._audit_operator(peer, cmd, guest=guest, refused=str(exc))
+            raise CommandRefused(str(exc)) from None
+        self._audit_operator(peer, cmd, guest=guest, result=result)
+        return result
+
+    async def _set(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        def act() -> dict[str, Any]:
+            guest = self._guest_of(request)
+            size = request.get("size")
+            if size == "auto":
+                had = self.engine.core.clear_manual(guest, peer.describe(),
+                                                    self.engine.clock())
+                return {"guest": guest, "auto": True, "had_manual": had}
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise CommandRefused(f"size {size!r}: expected a positive number of bytes "
+                                     "or \"auto\"")
+            duration = request.get("for")
+            if duration is not None and (isinstance(duration, bool) or not isinstance(
+                    duration, int | float) or not math.isfinite(duration)
+                    or not 0 < duration <= MAX_DURATION):
+                raise CommandRefused(f"for {duration!r}: expected seconds, more than 0 and "
+                                     f"at most {MAX_DURATION:g}")
+            done = self.engine.set_manual(guest, size, None if duration is None
+                                          else float(duration), peer.describe())
+            return {"guest": guest, "target": size, "for": duration, **done}
+        return {"set": self._changing(peer, "set", request, act)}
+
+    async def _manage(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"manage": self._managed(request, peer, True)}
+
+    async def _unmanage(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"unmanage": self._managed(request, peer, False)}
+
+    def _managed(self, request: dict[str, Any], peer: Peer, managed: bool) -> dict[str, Any]:
+        def act() -> dict[str, Any]:
+            guest = self._guest_of(request)
+            changed = self.engine.core.set_managed(guest, managed, peer.describe(),
+                                                   self.engine.clock())
+            return {"guest": guest, "managed": managed, "changed": changed}
+        result: dict[str, Any] = self._changing(
+            peer, "manage" if managed else "unmanage", request, act)
+        return result
+
+    async def _pause(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        def act() -> dict[str, Any]:
+            reason = request.get("reason", "")
+            if not isinstance(reason, str) or len(reason) > MAX_REASON:
+                raise CommandRefused(f"reason: expected a string of at most {MAX_REASON} "
+                                     "characters")
+            changed = self.engine.core.pause(peer.describe(), reason, self.engine.clock())
+            if changed:
+                log.warning("PAUSED by %s%s: decisions are logged, no balloon is changed",
+                            peer.describe(), f" ({reason})" if reason else "")
+            return {"paused": True, "changed": changed}
+        return {"pause": self._changing(peer, "pause", request, act)}
+
+    async def _resume(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        def act() -> dict[str, Any]:
+            changed = self.engine.resume()
+            if changed:
+                log.warning("resumed by %s: acting again", peer.describe())
+            return {"paused": False, "changed": changed}
+        return {"resume": self._changing(peer, "resume", request, act)}
+
+    async def _hint(self, request: dict[str, Any], _peer: Peer) -> dict[str, Any]:
         backend, name, event = (request.get(k) for k in ("backend", "name", "event"))
         if not all(isinstance(v, str) for v in (backend, name, event)):
             raise ValueError("hint needs string fields backend, name and event")

@@ -59,6 +59,7 @@ from autoballoon_core.model import (
     Trigger,
 )
 from autoballoon_core.plugins import Registry
+from autoballoon_core.steering import ManualTarget
 
 log = logging.getLogger("autoballoon.engine")
 
@@ -131,10 +132,13 @@ class Engine:
         self._soon: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
+        self.notices: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each operator-visible change the engine makes by itself."""
         built = self._build(config)
         self.core = EngineCore(built[1], built[2], self._decide, clock(),
                                host_memory=self._host_memory, readings=self._readings,
                                overrides=built[3], escalation=built[4])
+        self.core.notify = self._notice
         self._switch(config, built)
         self.manager.hook.autoballoon_configure.call_historic(kwargs={"config": config})
 
@@ -189,6 +193,10 @@ class Engine:
     @property
     def dry_run(self) -> bool:
         return self.core.settings.dry_run
+
+    @property
+    def paused(self) -> bool:
+        return self.core.steering.paused is not None
 
     @property
     def guard(self) -> safety.GuardSettings:
@@ -266,8 +274,10 @@ class Engine:
             if handle is not None:
                 handle.cancel()
         self._soon = self._timer = None
-        if release and not self.dry_run:
+        if release and self.core.acting:
             await self.release()
+        elif release:
+            log.warning("not releasing on exit: %s", "paused" if self.paused else "dry run")
         await self._close_sources()
         pending = list(self._in_flight.values())
         if pending:
@@ -400,9 +410,12 @@ class Engine:
         self._in_flight[launch.guest] = task
         guest_id = launch.guest
 
-        def done(_task: asyncio.Task[Action]) -> None:
+        def done(task: asyncio.Task[Action]) -> None:
             self._in_flight.pop(guest_id, None)
             self.core.finished(guest_id)
+            if not task.cancelled() and task.exception() is None:
+                action = task.result()
+                self.core.steering.outcome(guest_id, action.outcome.value, action.error)
 
         task.add_done_callback(done)
         return task
@@ -416,8 +429,9 @@ class Engine:
             return Action(guest, decision.target, target, previous, decision.reason, outcome,
                           error, issued)
 
-        if self.dry_run:
-            log.info("dry-run: would set %s to %d MiB (%s)", guest, target >> 20, decision.reason)
+        if not self.core.acting:
+            log.info("%s: would set %s to %d MiB (%s)", "paused" if self.paused else "dry-run",
+                     guest, target >> 20, decision.reason)
             return action(Outcome.DRY_RUN)
         backend = self.backends.get(self.core.owner.get(guest, ""))
         if backend is None:
@@ -514,15 +528,66 @@ class Engine:
         target.hint(name, event)
         return "known guest" if state is not None else "unknown guest"
 
+    # -- operators -----------------------------------------------------------------
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        for listener in self.notices:
+            try:
+                listener(notice)
+            except Exception:
+                log.exception("a notice listener failed")
+
+    def set_manual(self, guest: GuestId, target: int, duration: float | None,
+                   who: str) -> dict[str, Any]:
+        """An operator's manual target; the guard's verdict on its first step."""
+        planned = self.core.set_manual(guest, target, duration, who, self.clock())
+        self._carry_out(planned)
+        for launch in planned.launches:
+            if launch.guest == guest:
+                return {"step": {"previous": launch.previous, "target": launch.target},
+                        "paused": self.paused or self.dry_run}
+        for action in planned.vetoed:
+            if action.guest == guest:
+                return {"waiting": action.error}
+        return {"reached": True}
+
+    def resume(self) -> bool:
+        """Act again, starting with the manual targets not yet reached."""
+        if not self.core.resume():
+            return False
+        self._carry_out(self.core.operator_round(self.clock()))
+        self._arm()
+        return True
+
+    def explain(self, guest: GuestId) -> dict[str, Any]:
+        """A guest's state, its manual target and its recent verdicts, newest first."""
+        now = self.clock()
+        state = self.core.guests[guest]
+        manual = self.core.steering.manual.get(guest)
+        entries = self.core.steering.history.get(guest, ())
+        return {
+            "guest": dict(_guest_status(state, now)),
+            "manual": None if manual is None else _manual_status(manual, now),
+            "managed_override": self.core.steering.managed.get(guest),
+            "paused": self.paused,
+            "policy": self.config.policy,
+            "history": [e.view(now) for e in reversed(entries)],
+        }
+
     # -- status ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """A JSON-able picture for the control socket."""
         snapshot = self.snapshot()
         escalation = self.core.last_escalation
+        paused = self.core.steering.paused
         return {
             "policy": self.config.policy,
             "dry_run": self.dry_run,
+            "paused": None if paused is None else {
+                "age": snapshot.time - paused.since, "who": paused.who, "reason": paused.reason},
+            "manual": {g: _manual_status(m, snapshot.time)
+                       for g, m in self.core.steering.manual.items()},
             "escalation": None if escalation is None else {
                 "age": snapshot.time - escalation.time, "reason": escalation.reason,
                 "victim": escalation.victim},
@@ -539,6 +604,11 @@ class Engine:
             "counters": dataclasses.asdict(self.counters),
             "time": snapshot.time,
         }
+
+
+def _manual_status(manual: ManualTarget, now: float) -> dict[str, Any]:
+    return {"target": manual.target, "who": manual.who, "age": now - manual.since,
+            "remaining": manual.remaining(now)}
 
 
 def _guest_status(guest: GuestState, now: float) -> Mapping[str, Any]:

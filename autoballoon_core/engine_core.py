@@ -3,8 +3,10 @@
 One :class:`EngineCore` holds the guest table (ownership, per-guest overrides,
 adoption of guest-initiated deflation), the host and guest pressure holds,
 event coalescing and the classification of each round's trigger, the timer,
-the stall watch, the safety guard's review and escalation. Every method takes
-the time it runs at; the core never reads a clock. Two drivers use it:
+the stall watch, the safety guard's review and escalation, and operators'
+steering (:mod:`autoballoon_core.steering`: manual targets, managed overrides,
+the pause, each guest's recent verdicts). Every method takes the time it runs
+at; the core never reads a clock. Two drivers use it:
 
 * :class:`autoballoon_core.engine.Engine`, the daemon's asyncio engine, which
   calls :meth:`EngineCore.run_due` when :meth:`EngineCore.next_deadline`
@@ -50,6 +52,7 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
+from autoballoon_core.steering import Entry, Pause, Refused, Steering
 
 log = logging.getLogger("autoballoon.engine")
 
@@ -58,6 +61,8 @@ STUCK_FACTOR = 5
 """Short this many times ``[escalation] hold`` while inflating escalates too."""
 HostMemoryFn = Callable[[], "tuple[int, int] | None"]
 ReadingsFn = Callable[[], Mapping[str, float]]
+NoticeFn = Callable[[dict[str, Any]], None]
+"""Told when the engine itself ends an operator's manual target (expired, guest gone)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +178,8 @@ class EngineCore:
         self._next_tick = now + settings.tick_interval
         self._short_since: float | None = None
         self._idle_since: float | None = None
+        self.steering = Steering()
+        self.notify: NoticeFn = lambda _notice: None
 
     # -- configuration ---------------------------------------------------------------
 
@@ -197,7 +204,11 @@ class EngineCore:
             state.max_bytes, pick(info.floor if info else None, override.floor))
         weight = pick(info.weight if info else None, override.weight)
         state.weight = 1.0 if weight is None else weight
-        managed = pick(info.managed if info else None, override.managed)
+        if info is not None:
+            state.managed_given = info.managed
+        managed = self.steering.managed.get(state.id)
+        if managed is None:
+            managed = pick(state.managed_given, override.managed)
         state.managed = True if managed is None else managed
 
     # -- inventory -------------------------------------------------------------------
@@ -240,6 +251,8 @@ class EngineCore:
         del self.owner[guest]
         self.guests.pop(guest, None)
         self.in_flight.discard(guest)
+        self.steering.forget(guest)
+        self._drop_manual(guest, "the guest vanished")
         return True
 
     def guest_stats(self, backend: str, guest: GuestId, stats: GuestStats) -> GuestState | None:
@@ -279,6 +292,8 @@ class EngineCore:
         state.last_action = "adopted"
         state.last_action_time = now
         state.last_reason = "guest deflated itself (deflate-on-oom)"
+        self._drop_manual(guest, "the guest deflated itself (deflate-on-oom): it needed "
+                          "the memory")
         return PressureEvent("deflate-on-oom", PressureLevel.MEDIUM, now, guest=guest)
 
     # -- events ----------------------------------------------------------------------
@@ -370,13 +385,19 @@ class EngineCore:
 
     def next_deadline(self) -> float:
         """When :meth:`run_due` has something to do next."""
+        expiry = self.steering.next_expiry()
         if self._batch_at is not None:
-            return min(self._batch_at, self._next_tick)
-        return self._next_tick
+            return min(self._batch_at, self._next_tick, expiry)
+        return min(self._next_tick, expiry)
 
     def run_due(self, now: float) -> list[PlannedRound]:
         """Run what is due at ``now``: the pending batch, then the timer round."""
         rounds: list[PlannedRound] = []
+        for guest, manual in self.steering.expire(now):
+            log.info("manual target of %s (%d MiB, set by %s) expired: back to the policy",
+                     guest, manual.target >> 20, manual.who)
+            self.notify({"event": "manual-expired", "guest": guest, "target": manual.target,
+                         "who": manual.who})
         if self._batch_at is not None and now >= self._batch_at:
             planned = self._run_batch(now)
             if planned is not None:
@@ -446,20 +467,30 @@ class EngineCore:
             decisions = []
         self.counters.rounds += 1
         stalled_ids = {d.guest for d in stall_decisions}
-        decisions = stall_decisions + [d for d in decisions if d.guest not in stalled_ids]
-        launches, vetoed = self.review(snapshot, decisions, now)
+        manual = [d for d in self.steering.decisions(self.guests, self.guard.min_change)
+                  if d.guest not in stalled_ids]
+        decisions = self.steering.merge(stall_decisions + manual, decisions)
+        launches, vetoed = self.review(snapshot, decisions, now, trigger)
         escalation = self._watch_escalation(snapshot, trigger, launches, now)
         return PlannedRound(trigger, snapshot, now, tuple(launches), tuple(vetoed), escalation)
 
-    def review(self, snapshot: Snapshot, decisions: list[Decision],
-               now: float) -> tuple[list[Launch], list[Action]]:
-        """The guard's review; approved targets are recorded as set (unless dry run)."""
+    def review(self, snapshot: Snapshot, decisions: list[Decision], now: float,
+               trigger: Trigger | None = None) -> tuple[list[Launch], list[Action]]:
+        """The guard's review; approved targets are recorded as set (unless dry run
+        or paused). Every verdict goes into the guest's history (``explain``)."""
         launches: list[Launch] = []
         vetoed: list[Action] = []
+        reserve = (None if snapshot.host.mem_total is None
+                   else self.escalation.reserve_for(snapshot.host.mem_total))
         for verdict in safety.review(self.guard, snapshot, decisions, now,
                                      frozenset(self.in_flight)):
             decision = verdict.decision
             state = self.guests.get(decision.guest)
+            if state is not None:
+                entry = self.steering.verdict_entry(
+                    snapshot, trigger, decision, verdict.previous, verdict.target,
+                    verdict.veto, reserve)
+                self.steering.record(state.id, entry, pending=not verdict.veto)
             if verdict.veto or state is None:
                 vetoed.append(Action(decision.guest, decision.target, verdict.target,
                                      verdict.previous, decision.reason, Outcome.VETOED,
@@ -476,12 +507,107 @@ class EngineCore:
         state.last_action = "inflate" if target < previous else "deflate"
         state.last_reason = decision.reason
         self.in_flight.add(state.id)
-        if self.settings.dry_run:
+        if not self.acting:
             return
         state.target_bytes = target
         state.target_start_bytes = state.actual_bytes
         # a stop after a stall is not watched again: the balloon stays where it is
         state.target_set_time = None if decision.origin is Origin.STALL else now
+
+    @property
+    def acting(self) -> bool:
+        """False in a dry run and while an operator paused the engine."""
+        return not self.settings.dry_run and self.steering.paused is None
+
+    # -- operators ---------------------------------------------------------------------
+
+    def _drop_manual(self, guest: GuestId, why: str) -> None:
+        manual = self.steering.drop_manual(guest)
+        if manual is None:
+            return
+        log.warning("manual target of %s (%d MiB, set by %s) dropped: %s", guest,
+                    manual.target >> 20, manual.who, why)
+        self.notify({"event": "manual-dropped", "guest": guest, "target": manual.target,
+                     "who": manual.who, "why": why})
+
+    def set_manual(self, guest: GuestId, target: int, duration: float | None, who: str,
+                   now: float) -> PlannedRound:
+        """An operator's manual target: checked, kept, and asked for at once.
+
+        Refused (:class:`~autoballoon_core.steering.Refused`) when the guard could
+        never approve it: an unknown, unmanaged or unreachable guest, a target
+        below the floor or above the maximum, inflating a guest under pressure.
+        The returned round's launches and vetoes say what the guard did now.
+        """
+        state = self._guest(guest)
+        self.steering.check_target(state, target, now, self.guest_level(state, now))
+        self.steering.set_manual(guest, target, duration, who, now)
+        self.steering.record(guest, Entry(now, "operator", f"set to {target >> 20} MiB"
+                                          + (f" for {duration:g} s" if duration else ""),
+                                          f"by {who}"))
+        return self.operator_round(now)
+
+    def clear_manual(self, guest: GuestId, who: str, now: float) -> bool:
+        """``set GUEST auto``: back to the policy. False when there was no manual target."""
+        self._guest(guest)
+        manual = self.steering.drop_manual(guest)
+        if manual is not None:
+            self.steering.record(guest, Entry(now, "operator", "set to auto (policy)",
+                                              f"by {who}"))
+        return manual is not None
+
+    def set_managed(self, guest: GuestId, managed: bool, who: str, now: float) -> bool:
+        """Take ``guest`` in or out of automatic control; True when that changed it."""
+        state = self._guest(guest)
+        self.steering.set_managed(guest, managed)
+        before = state.managed
+        self._apply_overrides(state, None)
+        if not managed:
+            self._drop_manual(guest, f"unmanaged by {who}")
+        self.steering.record(guest, Entry(now, "operator",
+                                          "managed" if managed else "unmanaged", f"by {who}"))
+        return before != state.managed
+
+    def pause(self, who: str, reason: str, now: float) -> bool:
+        """Decide and record, send nothing; False when already paused."""
+        if self.steering.paused is not None:
+            return False
+        self.steering.paused = Pause(now, who, reason)
+        return True
+
+    def resume(self) -> bool:
+        """Act again; False when not paused."""
+        was = self.steering.paused is not None
+        self.steering.paused = None
+        return was
+
+    def operator_round(self, now: float) -> PlannedRound:
+        """A round of operator decisions only (the policy is not asked)."""
+        self.host_level(now)
+        self._expire_guest_pressure(now)
+        snapshot = self.snapshot(now)
+        trigger = Trigger(TriggerKind.OPERATOR, snapshot.host.level, now)
+        decisions = self.steering.decisions(self.guests, self.guard.min_change)
+        launches, vetoed = self.review(snapshot, decisions, now, trigger)
+        return PlannedRound(trigger, snapshot, now, tuple(launches), tuple(vetoed))
+
+    def resolve(self, name: str) -> GuestId:
+        """A guest's id from its id or its name; Refused when none or several match."""
+        if name in self.guests:
+            return name
+        found = sorted(g.id for g in self.guests.values() if g.name == name)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise Refused(f"{name!r} names several guests: {', '.join(found)}; give the id")
+        known = ", ".join(sorted(self.guests)[:20]) or "none"
+        raise Refused(f"no guest {name!r} (known: {known})")
+
+    def _guest(self, guest: GuestId) -> GuestState:
+        state = self.guests.get(guest)
+        if state is None:
+            raise Refused(f"no guest {guest!r}")
+        return state
 
     def finished(self, guest: GuestId) -> None:
         """The command for ``guest`` ended (applied or not)."""

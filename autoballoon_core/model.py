@@ -108,6 +108,8 @@ class GuestState:
     floor: int
     weight: float = 1.0
     managed: bool = True
+    managed_given: bool | None = None
+    """The backend's own ``managed`` for this guest (domain metadata), or None."""
     reachable: bool = True
     target_bytes: int | None = None
     """The last target the engine set, or None when it has set none (adopted)."""
@@ -151,6 +153,8 @@ class TriggerKind(enum.Enum):
     HOST_PRESSURE = "host-pressure"
     GUEST_PRESSURE = "guest-pressure"
     TICK = "tick"
+    OPERATOR = "operator"
+    """An operator's command (``autoballoonctl set``); the policy is not asked."""
 
 
 @dataclass(frozen=True, slots=True)

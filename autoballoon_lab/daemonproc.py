@@ -45,6 +45,33 @@ class DaemonProcess:
             'log_level = "info"\n'
         )
 
+    @staticmethod
+    def calm_qmp_settings(glob: str, *, tick: str = "0.5s", max_step: str = "256MiB",
+                          release_after: str = "0.5s", release_step: str = "128MiB") -> str:
+        """QMP guests under ``seed-fixed`` on a calm host: every tick it gives each
+        ballooned guest ``release_step`` back (so a balloon stays down only when
+        something holds it there); floor 256 MiB, no cooldown, no statistics."""
+        return f"""
+[engine]
+policy = "seed-fixed"
+tick_interval = "{tick}"
+
+[guards]
+floor = "256MiB"
+max_step = "{max_step}"
+cooldown = 0
+
+[policies.seed-fixed]
+release_after = "{release_after}"
+release_step = "{release_step}"
+
+[backends.qmp]
+enabled = true
+glob = "{glob}"
+stats_period = 0
+rescan_interval = "0.2s"
+"""
+
     def start(self, timeout: float = 20.0) -> DaemonProcess:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(

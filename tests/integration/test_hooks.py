@@ -66,7 +66,7 @@ class Recorder:
         self.server = ControlServer(str(path), {"hint": self._hint})
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    async def _hint(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _hint(self, request: dict[str, Any], _peer: Any) -> dict[str, Any]:
         self.hints.append(request)
         return {"hint": "recorded"}
 
@@ -260,9 +260,7 @@ def _load_hook() -> Any:
 
 @contextlib.contextmanager
 def real_autoballoond(directory: Path, daemon_table: str) -> Iterator[Path]:
-    """``autoballoond`` (libvirt backend, dry run) with its socket in ``directory``."""
-    daemon_bin = Path(sys.executable).parent / "autoballoond"
-    require(daemon_bin.exists(), "autoballoond is not installed (pip install -e .)")
+    """``autoballoond`` of this checkout (libvirt backend, dry run), its socket in ``directory``."""
     sock = directory / "control.sock"
     config = directory / "autoballoon.toml"
     config.write_text(f'[daemon]\ncontrol_socket = "{sock}"\ndry_run = true\n{daemon_table}\n'
@@ -270,8 +268,8 @@ def real_autoballoond(directory: Path, daemon_table: str) -> Iterator[Path]:
     config.chmod(0o644)
     log_path = directory / "daemon.log"
     with log_path.open("wb") as log:
-        daemon = subprocess.Popen([str(daemon_bin), "-c", str(config)], stdout=log,
-                                  stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen([sys.executable, "-m", "autoballoon_core.daemon", "-c",
+                                   str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             deadline = time.monotonic() + 30
             while not sock.exists() and time.monotonic() < deadline and daemon.poll() is None:
@@ -390,8 +388,7 @@ def test_an_unknown_socket_group_stops_the_daemon_with_a_clear_error(
     config.write_text(f'[daemon]\ncontrol_socket = "{tmp_path / "c.sock"}"\n'
                       'control_socket_group = "no-such-group-here"\n\n'
                       '[backends.libvirt]\nenabled = true\n')
-    proc = subprocess.run([str(Path(sys.executable).parent / "autoballoond"), "-c",
-                           str(config)], capture_output=True, text=True, timeout=60,
-                          check=False)
-    assert proc.returncode == 3
+    proc = subprocess.run([sys.executable, "-m", "autoballoon_core.daemon", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert proc.returncode == 2  # a bad configuration, found before anything starts
     assert "control_socket_group: no group named 'no-such-group-here'" in proc.stderr

@@ -61,6 +61,12 @@ def test_a_good_config_is_parsed_into_bytes_and_seconds(tmp_path: Path) -> None:
         ("[sources.nosuch]\nenabled = true\n", "sources.nosuch", "available"),
         ("[policies.seed-levels]\nlow = \"1 parsec\"\n", "policies.seed-levels.low", "size"),
         ("[whatever]\nx = 1\n", "whatever", "unknown section"),
+        ("[daemon]\ncontrol_read_group = \"no-such-group-here\"\n",
+         "daemon.control_read_group", "no group named 'no-such-group-here' on this host"),
+        ("[daemon]\ncontrol_admin_group = \"a\\u0000b\"\n", "daemon.control_admin_group",
+         "no group named"),
+        ("[daemon]\ncontrol_socket_group = \"no-such-group-here\"\n",
+         "daemon.control_socket_group", "an existing group's name"),
     ],
 )
 def test_errors_name_file_key_and_what_is_allowed(
@@ -141,3 +147,13 @@ def test_levels_parse() -> None:
     assert PressureLevel.parse("Medium") is PressureLevel.MEDIUM
     with pytest.raises(ValueError, match="allowed"):
         PressureLevel.parse("huge")
+
+
+def test_existing_groups_are_accepted(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    name = grp.getgrgid(os.getegid()).gr_name
+    text = GOOD + f'\n[daemon]\ncontrol_read_group = "{name}"\ncontrol_admin_group = "{name}"\n'
+    config = bootstrap.load(write(tmp_path, text)).config
+    assert config.daemon["control_read_group"] == name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from autoballoon_core.control import MAX_DEPTH, MAX_REQUEST, ControlServer
 
 
-async def _ping(_request: dict[str, Any]) -> dict[str, Any]:
+async def _ping(_request: dict[str, Any], _peer: Any) -> dict[str, Any]:
     return {"pong": True}
 
 
@@ -90,3 +91,45 @@ async def test_an_unknown_group_is_refused_naming_the_key(tmp_path: Path) -> Non
 
 async def test_without_a_group_the_socket_is_the_owners_alone(server: ControlServer) -> None:
     assert server.path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_refusal_is_an_error_reply_without_a_traceback_and_is_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from autoballoon_core.access import AccessTable
+    from autoballoon_core.control import CommandRefused
+
+    async def refuse(_request: dict[str, Any], _peer: Any) -> dict[str, Any]:
+        raise CommandRefused("below the floor")
+
+    told: list[tuple[Any, str, str]] = []
+    control = ControlServer(str(tmp_path / "c.sock"), {"set": refuse, "ping": _ping},
+                            access=AccessTable(daemon_uid=os.geteuid()),
+                            refused=lambda *args: told.append(args))
+    await control.start()
+    try:
+        replies = await exchange(control.path, [b'{"cmd":"set"}', b'{"cmd":"ping"}'])
+        assert replies[0] == {"ok": False, "error": "below the floor", "refused": True}
+        assert replies[1] == {"ok": True, "pong": True}
+    finally:
+        await control.stop()
+    assert not [r for r in caplog.records if r.exc_info]
+    assert told == []  # permitted, refused by the handler: the handler reports that itself
+
+
+async def test_a_command_the_peer_may_not_send_is_refused_before_its_handler(
+        tmp_path: Path) -> None:
+    from autoballoon_core.access import Peer
+
+    ran: list[str] = []
+
+    async def change(_request: dict[str, Any], _peer: Any) -> dict[str, Any]:
+        ran.append("set")
+        return {}
+
+    told: list[tuple[Any, str, str]] = []
+    control = ControlServer(str(tmp_path / "c.sock"), {"set": change},
+                            refused=lambda *args: told.append(args))
+    reply = await control._dispatch(b'{"cmd":"set"}', Peer(7, 12345, 12345))
+    assert reply["ok"] is False and reply["refused"] is True
+    assert reply["error"].startswith("set: only root or the daemon's user may send it")
+    assert ran == [] and [(p.uid, c) for p, c, _e in told] == [(12345, "set")]
