@@ -8,18 +8,16 @@ Waits are hang detectors, not performance bounds.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import test_qmp
 from test_qmp import RecordingInventory
 
 from autoballoon_core.model import MiB
-from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig, ensure_image
-from autoballoon_lab.prereq import require_lab
+from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
 from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.guest import GuestSettings
 
@@ -31,21 +29,12 @@ BLOCK = 2 * MiB
 BOOT_TIMEOUT = 120.0
 WAIT = 90.0
 
+image = test_qmp.image
+run_dir = test_qmp.run_dir
+"""The fixtures of test_qmp: the lab image, a short directory for the sockets."""
+
 StartGuest = Callable[..., LabGuest]
 MakeBackend = Callable[[RecordingInventory], Awaitable[QMPBackend]]
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    require_lab()
-    return ensure_image()
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="abvm-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

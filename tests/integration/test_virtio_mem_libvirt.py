@@ -9,14 +9,13 @@ of 512 MiB in 2 MiB blocks and a virtio balloon. The backend resizes it with
 from __future__ import annotations
 
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from libvirtd import LibvirtDaemon
-from test_libvirt import Recorder, _destroy, _name, _read, backend
+from test_libvirt import Recorder, _name, backend, booted_lab_domain
 
 from autoballoon_core.model import MiB
 from autoballoon_lab import VirtioMemConfig
@@ -43,19 +42,7 @@ def vm_domain(libvirt_daemon: LibvirtDaemon, tmp_path_factory: pytest.TempPathFa
     os.chmod(console.parent, 0o755)
     xml = domain_xml(name, ensure_image(), memory_mib=BASE // MiB, console_log=console,
                      virtio_mem=VirtioMemConfig(max_mib=REGION // MiB, block_mib=2))
-    conn = libvirt_daemon.connect()
-    try:
-        dom = conn.defineXML(xml)
-        dom.create()
-        deadline = time.monotonic() + 180
-        while "AUTOBALLOON-LAB: ready" not in _read(console):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"virtio-mem domain did not boot: {_read(console)[-2000:]}")
-            time.sleep(0.2)
-        yield name
-    finally:
-        _destroy(conn, name)
-        conn.close()
+    yield from booted_lab_domain(libvirt_daemon, name, xml, console, timeout=180)
 
 
 @pytest.fixture(scope="module")
