@@ -8,6 +8,7 @@ Waits are hang detectors, not performance bounds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,10 @@ import pytest
 import test_qmp
 from test_qmp import RecordingInventory
 
-from autoballoon_core.model import MiB
+from autoballoon_core.engine import Engine
+from autoballoon_core.model import MiB, Outcome, PressureEvent, PressureLevel
+from autoballoon_core.plugins import collect, create_plugin_manager
+from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
 from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.guest import GuestSettings
@@ -151,3 +155,41 @@ async def test_qmp_virtio_mem_alone_rounds_up_and_stops_at_base(
     assert await _plugged(made, gid) == 34 * MiB
     await _resize(made, inventory, gid, 100 * MiB, BASE)
     assert await _plugged(made, gid) == 0
+
+
+async def test_the_engine_unplugs_through_the_guard_down_to_base_memory(
+    vm_guest: StartGuest, run_dir: Path
+) -> None:
+    vm_guest("vme", balloon=False, requested_mib=REGION // MiB)
+    manager = create_plugin_manager()
+    registry = collect(manager)
+    config = build_config({
+        "engine": {"policy": "seed-levels", "tick_interval": 60},
+        "guards": {"floor": "128MiB", "cooldown": 0},
+        "policies": {"seed-levels": {"release_after": 0}},
+        "backends": {"qmp": {"enabled": True, "glob": str(run_dir / "*.qmp"),
+                             "stats_period": 0, "rescan_interval": 0.5}},
+    }, registry)
+    engine = Engine(config, manager, registry)
+    await engine.start()
+    try:
+        gid = "qmp:vme"
+        await _until(lambda: engine.guests.get(gid) is not None and
+                     engine.guests[gid].actual_bytes == BASE + REGION, "the guest, all plugged")
+        assert engine.guests[gid].floor == BASE  # raised from 128 MiB: no balloon
+        for expect in (640 * MiB, 512 * MiB, 384 * MiB, BASE, BASE):
+            engine.emit(PressureEvent("test", PressureLevel.CRITICAL, time.monotonic()))
+            await _until(lambda e=expect: engine.guests[gid].actual_bytes == e,
+                         f"{expect >> 20} MiB ({engine.status()['guests']})")
+        targets = [a.target for r in engine.recent for a in r.actions
+                   if a.outcome is Outcome.APPLIED]
+        assert targets == [640 * MiB, 512 * MiB, 384 * MiB, BASE]
+    finally:
+        await engine.stop()
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
