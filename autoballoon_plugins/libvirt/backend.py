@@ -381,14 +381,23 @@ class LibvirtBackend(Backend):
             return
         if isinstance(actual_kib, bool) or not isinstance(actual_kib, int) or actual_kib < 0:
             return
+        self._balloon_read(domain, actual_kib * KiB)
+
+    def _balloon_read(self, domain: _Domain, actual: int) -> None:
+        """The balloon's own size (an event or ``memoryStats``: QEMU's figure, which
+        never counts virtio-mem memory); reported as the guest's size when it changed."""
         layout = domain.layout
-        if layout is not None and layout.balloon_actual is not None:
-            self._report_layout(domain, layout.with_balloon(min(actual_kib * KiB,
-                                                                layout.balloon_max)))
-        elif layout is None:
-            domain.actual = actual_kib * KiB
-            assert self._inventory is not None
-            self._inventory.guest_balloon(domain.guest, domain.actual)
+        if layout is None:
+            if actual != domain.actual:
+                domain.actual = actual
+                assert self._inventory is not None
+                self._inventory.guest_balloon(domain.guest, actual)
+        elif layout.balloon_actual is not None:
+            updated = layout.with_balloon(min(actual, layout.balloon_max))
+            if updated.actual_bytes != domain.actual:
+                self._report_layout(domain, updated)
+            else:
+                domain.layout = updated
 
     def _on_memory_device(self, conn: Connection, dom: Any, alias: str, size_kib: int) -> None:
         """A virtio-mem device's plugged size changed (libvirt's event, in KiB)."""
@@ -564,9 +573,8 @@ class LibvirtBackend(Backend):
             return
         reading = read_memory_stats(raw, time.monotonic(), time.time())
         assert self._inventory is not None
-        if reading.actual_bytes is not None and reading.actual_bytes != domain.actual:
-            domain.actual = reading.actual_bytes
-            self._inventory.guest_balloon(domain.guest, reading.actual_bytes)
+        if reading.actual_bytes is not None:
+            self._balloon_read(domain, reading.actual_bytes)
         if reading.stats is not None and (
             reading.last_update is None or reading.last_update != domain.last_update
         ):

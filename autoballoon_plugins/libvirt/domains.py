@@ -99,11 +99,17 @@ class DomainFacts:
 
     def layout(self, virtio_mem: bool = True) -> MemoryLayout:
         """Sizes for the engine: with ``virtio_mem`` the first device is resized, the
-        plugged memory of the others is fixed."""
+        plugged memory of the others is fixed.
+
+        ``<currentMemory>`` counts the plugged memory of virtio-mem devices (libvirt
+        9.0); the balloon's own size is what remains.
+        """
         chosen = self.virtio_mem[0] if virtio_mem and self.virtio_mem else None
-        fixed = sum(d.plugged for d in self.virtio_mem if d is not chosen)
+        plugged = sum(d.plugged for d in self.virtio_mem)
+        fixed = plugged - (chosen.plugged if chosen else 0)
         balloon_max = max(0, self.max_bytes - self.virtio_mem_region)
-        actual = (min(self.current_bytes, balloon_max) if self.has_virtio_balloon else None)
+        actual = (max(0, min(self.current_bytes - plugged, balloon_max))
+                  if self.has_virtio_balloon else None)
         return MemoryLayout(balloon_max, actual, chosen, fixed)
 
 

@@ -2,8 +2,9 @@
 
 The domain (``autoballoon_lab.domain.domain_xml`` with ``virtio_mem``) has
 256 MiB of base memory on NUMA node 0, a ``<memory model='virtio-mem'>`` device
-of 512 MiB in 2 MiB blocks and a virtio balloon. The backend resizes it with
-``virDomainUpdateDeviceFlags`` (``<requested>``) and ``setMemoryFlags``.
+of 512 MiB in 2 MiB blocks (128 MiB plugged at boot) and a virtio balloon. The
+backend resizes it with ``virDomainUpdateDeviceFlags`` (``<requested>``) and
+``setMemoryFlags``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def vm_domain(libvirt_daemon: LibvirtDaemon, tmp_path_factory: pytest.TempPathFa
     console = tmp_path_factory.mktemp("libvirt-vmem") / f"{name}.console.log"
     os.chmod(console.parent, 0o755)
     xml = domain_xml(name, ensure_image(), memory_mib=BASE // MiB, console_log=console,
-                     virtio_mem=VirtioMemConfig(max_mib=REGION // MiB, block_mib=2))
+                     virtio_mem=VirtioMemConfig(max_mib=REGION // MiB, block_mib=2,
+                                                requested_mib=128))
     yield from booted_lab_domain(libvirt_daemon, name, xml, console, timeout=180)
 
 
@@ -66,7 +68,9 @@ async def test_libvirt_plugs_unplugs_and_balloons(conn: Any, vm_domain: str) -> 
     async with backend(rec) as made:
         gid = f"libvirt:{vm_domain}"
         info = rec.guests[gid]
-        assert (info.max_bytes, info.actual_bytes, info.min_bytes) == (BASE + REGION, BASE, 0)
+        # 128 MiB plugged at boot: adopted as it is (<currentMemory> counts it).
+        assert (info.max_bytes, info.actual_bytes, info.min_bytes) == (
+            BASE + REGION, BASE + 128 * MiB, 0)
         assert "memory-device-size-change" in (made._conn.events if made._conn else [])
 
         for target, plugged in ((BASE + 300 * MiB, 300 * MiB), (BASE + 101 * MiB, 102 * MiB),
@@ -75,3 +79,8 @@ async def test_libvirt_plugs_unplugs_and_balloons(conn: Any, vm_domain: str) -> 
             await rec.wait(lambda t=target: rec.actual.get(gid) == t, WAIT,
                            f"{gid} at {target >> 20} MiB (now {rec.actual.get(gid)})")
             assert _current(conn, vm_domain) == plugged
+
+    # A backend started afresh adopts the size reached: balloon full, 64 MiB plugged.
+    rec = Recorder()
+    async with backend(rec):
+        assert rec.guests[gid].actual_bytes == BASE + 64 * MiB

@@ -185,7 +185,7 @@ def vmem_xml(balloon: str = "<memballoon model='virtio'/>", devices: str = VMEM_
   <name>vm2</name>
   <maxMemory slots='1' unit='KiB'>786432</maxMemory>
   <memory unit='KiB'>786432</memory>
-  <currentMemory unit='KiB'>253952</currentMemory>
+  <currentMemory unit='KiB'>458752</currentMemory>
   <devices>
     {devices}
     {balloon}
