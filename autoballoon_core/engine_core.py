@@ -200,8 +200,10 @@ class EngineCore:
         def pick(given: Any, configured: Any) -> Any:
             return given if given is not None else configured
 
-        state.floor = self.guard.floor_for(
-            state.max_bytes, pick(info.floor if info else None, override.floor))
+        state.floor = max(
+            self.guard.floor_for(state.max_bytes, pick(info.floor if info else None,
+                                                       override.floor)),
+            min(state.min_bytes, state.max_bytes))
         weight = pick(info.weight if info else None, override.weight)
         state.weight = 1.0 if weight is None else weight
         if info is not None:
@@ -242,6 +244,7 @@ class EngineCore:
             state.target_set_time = None
             state.target_start_bytes = None
         state.channel_path = info.channel_path
+        state.min_bytes = max(0, info.min_bytes)
         self._apply_overrides(state, info)
         return state
 

@@ -94,6 +94,9 @@ class GuestInfo:
     weight: float | None = None
     managed: bool | None = None
     channel_path: str | None = None
+    min_bytes: int = 0
+    """The smallest size the backend can reach (a guest resized by virtio-mem
+    alone cannot go below its base memory); the guest's floor is never lower."""
 
 
 @dataclass(slots=True)
@@ -130,6 +133,8 @@ class GuestState:
     """The actual size when the last target was set (for stall detection)."""
     stalled_until: float = 0.0
     channel_path: str | None = None
+    min_bytes: int = 0
+    """The smallest size the backend can reach (:attr:`GuestInfo.min_bytes`)."""
 
     @property
     def balloon_bytes(self) -> int:

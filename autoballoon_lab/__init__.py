@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .lab import Lab
     from .paths import cache_dir, host_python, repo_root
     from .qmp import QMPClient, QMPError
+    from .vmem import VirtioMemConfig
 
 _EXPORTS = {
     "AGENT_PORT": "guest",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "MemoryCgroup": "cgroup",
     "QMPClient": "qmp",
     "QMPError": "qmp",
+    "VirtioMemConfig": "vmem",
     "cache_dir": "paths",
     "domain_xml": "domain",
     "ensure_image": "image",
@@ -61,6 +63,7 @@ __all__ = [
     "MemoryCgroup",
     "QMPClient",
     "QMPError",
+    "VirtioMemConfig",
     "cache_dir",
     "domain_xml",
     "ensure_image",

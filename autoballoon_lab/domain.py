@@ -8,6 +8,7 @@ from pathlib import Path
 from . import guestinit
 from .guest import AGENT_PORT
 from .image import GuestImage
+from .vmem import ONLINE_PARAM, VirtioMemConfig
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -32,6 +33,8 @@ def domain_xml(
     metadata: ET.Element | None = None,
     disk: Path | None = None,
     pvh_boot: bool = True,
+    virtio_mem: VirtioMemConfig | None = None,
+    balloon: bool = True,
 ) -> str:
     """A ``type='qemu'`` domain booting the lab kernel/initrd directly.
 
@@ -40,13 +43,20 @@ def domain_xml(
     ``hostroot``, and the serial console in ``console_log`` (or a pty).
     ``metadata`` is placed under ``<metadata>`` (give it a namespace).
     ``pvh_boot`` boots the image's uncompressed ``vmlinux`` when it has one.
+    ``virtio_mem`` adds a ``<memory model='virtio-mem'>`` device on NUMA node 0
+    (libvirt requires a NUMA cell for memory devices); ``memory_mib`` is then
+    the base memory. ``balloon=False`` leaves the balloon out (``model='none'``).
     """
     domain = ET.Element("domain", type="qemu")
     _sub(domain, "name", name)
     if metadata is not None:
         _sub(domain, "metadata").append(metadata)
-    _sub(domain, "memory", str(memory_mib), unit="MiB")
-    _sub(domain, "currentMemory", str(memory_mib), unit="MiB")
+    total_mib = memory_mib + (virtio_mem.max_mib if virtio_mem else 0)
+    if virtio_mem is not None:
+        _sub(domain, "maxMemory", str(total_mib), unit="MiB", slots="1")
+    _sub(domain, "memory", str(total_mib), unit="MiB")
+    _sub(domain, "currentMemory", str(memory_mib + (virtio_mem.requested_mib if virtio_mem
+                                                    else 0)), unit="MiB")
     _sub(domain, "vcpu", str(vcpus))
 
     os_element = _sub(domain, "os")
@@ -54,9 +64,13 @@ def domain_xml(
     kernel = image.vmlinux if pvh_boot and image.vmlinux is not None else image.kernel
     _sub(os_element, "kernel", str(kernel))
     _sub(os_element, "initrd", str(image.initrd))
-    _sub(os_element, "cmdline", guestinit.kernel_cmdline(name, command))
+    extra = (ONLINE_PARAM,) if virtio_mem is not None else ()
+    _sub(os_element, "cmdline", guestinit.kernel_cmdline(name, command, extra=extra))
 
-    _sub(domain, "cpu", mode="maximum", check="none")
+    cpu = _sub(domain, "cpu", mode="maximum", check="none")
+    if virtio_mem is not None:
+        numa = _sub(cpu, "numa")
+        _sub(numa, "cell", id="0", cpus=f"0-{vcpus - 1}", memory=str(memory_mib), unit="MiB")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "destroy")
     _sub(domain, "on_crash", "destroy")
@@ -85,14 +99,20 @@ def domain_xml(
         serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
 
-    balloon = _sub(
-        devices,
-        "memballoon",
-        model="virtio",
-        autodeflate=_on_off(autodeflate),
-        freePageReporting=_on_off(free_page_reporting),
-    )
-    _sub(balloon, "stats", period=str(stats_period))
+    if virtio_mem is not None:
+        devices.append(virtio_mem.device_xml(node=0))
+
+    if balloon:
+        memballoon = _sub(
+            devices,
+            "memballoon",
+            model="virtio",
+            autodeflate=_on_off(autodeflate),
+            freePageReporting=_on_off(free_page_reporting),
+        )
+        _sub(memballoon, "stats", period=str(stats_period))
+    else:
+        _sub(devices, "memballoon", model="none")
 
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"

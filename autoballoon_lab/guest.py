@@ -15,6 +15,7 @@ from .cgroup import MemoryCgroup
 from .errors import GuestError, LabUnavailable
 from .image import GuestImage
 from .spawn import read_oom_score_adj, spawn, stop_process
+from .vmem import ONLINE_PARAM, VirtioMemConfig
 
 AGENT_PORT = "org.autoballoon.agent.0"
 QEMU = "qemu-system-x86_64"
@@ -50,6 +51,10 @@ class GuestConfig:
     """Cap of TCG's translation cache (QEMU's default is 1 GiB, filled as code is
     translated: QEMU's own memory then grows by hundreds of MiB over minutes, which
     a KVM host never sees). The overcommit benchmarks cap it; None keeps QEMU's."""
+    virtio_mem: VirtioMemConfig | None = None
+    """A virtio-mem device; ``memory_mib`` is then the base memory."""
+    balloon: bool = True
+    """False: no virtio-balloon device (a guest sized by virtio-mem alone)."""
 
 
 def qemu_binary() -> str:
@@ -97,11 +102,14 @@ class LabGuest:
 
     def cmdline(self) -> str:
         """The guest kernel command line."""
+        extra = self.config.extra_append
+        if self.config.virtio_mem is not None:
+            extra = (ONLINE_PARAM, *extra)
         return guestinit.kernel_cmdline(
             self.name,
             self.config.command,
             poweroff=self.config.poweroff,
-            extra=self.config.extra_append,
+            extra=extra,
         )
 
     def kernel(self) -> Path:
@@ -128,7 +136,8 @@ class LabGuest:
             "-smp",
             str(cfg.smp),
             "-m",
-            str(cfg.memory_mib),
+            str(cfg.memory_mib) if cfg.virtio_mem is None
+            else cfg.virtio_mem.memory_arg(cfg.memory_mib),
             "-nodefaults",
             "-display",
             "none",
@@ -141,8 +150,8 @@ class LabGuest:
             self.cmdline(),
             "-serial",
             f"file:{self.console_log}",
-            "-device",
-            balloon,
+            *(("-device", balloon) if cfg.balloon else ()),
+            *(cfg.virtio_mem.qemu_args() if cfg.virtio_mem is not None else ()),
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
             "-device",

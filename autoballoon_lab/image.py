@@ -43,6 +43,7 @@ WANTED_MODULES = (
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_balloon",
+    "virtio_mem",
     "virtio_console",
     "virtio_blk",
     "netfs",

@@ -32,6 +32,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect_max", Kind.DURATION, 30.0,
            "Longest wait between attempts to reconnect to libvirtd (back-off from 0.5 s).",
            minimum=0.5, maximum=3600.0),
+    Option("virtio_mem", Kind.BOOL, True,
+           "Resize a domain that has a <memory model='virtio-mem'> device through its "
+           "<requested> size (whole blocks above base memory; the balloon takes the rest); "
+           "false: the balloon alone. See docs/backend-virtio-mem.md."),
     Option("workers", Kind.INT, 2,
            "Threads for blocking libvirt calls (one domain never holds more than one).",
            minimum=1, maximum=16),
@@ -51,5 +55,6 @@ def autoballoon_register_backends(register: Callable[[BackendSpec], None]) -> No
         factory=create,
         options=OPTIONS,
         description="libvirt domains (qemu:///system): lifecycle events, memoryStats, "
-                    "setMemoryFlags; per-domain settings from domain metadata",
+                    "setMemoryFlags, virtio-mem requested size; per-domain settings from "
+                    "domain metadata",
     ))

@@ -26,6 +26,7 @@ import libvirt
 
 from autoballoon_core.interfaces import ActuatorError, Backend, Inventory, PluginContext
 from autoballoon_core.model import GuestId
+from autoballoon_plugins.virtio_mem import MemoryLayout, plan
 
 from .connection import CLOSE_REASONS, Backoff, Connection, Handlers
 from .domains import (
@@ -35,6 +36,7 @@ from .domains import (
     guest_info,
     inspect_domain,
     list_and_inspect,
+    requested_xml,
 )
 from .eventloop import ThreadSafeAsyncIOImpl, ensure_event_impl
 from .events import Change, classify
@@ -61,6 +63,7 @@ class _Domain:
     migrating: bool = False
     unreachable: str = ""
     actual: int | None = None
+    layout: MemoryLayout | None = None
     last_update: int | None = None
     problems: tuple[str, ...] = ()
 
@@ -86,6 +89,7 @@ class LibvirtBackend(Backend):
         self.stats_period: float = options["stats_period"]
         self.reconnect_max: float = options["reconnect_max"]
         self.workers: int = options["workers"]
+        self.virtio_mem: bool = options.get("virtio_mem", True) is not False
         self._context = context
         self.state = "stopped"
         self.counters = _Counters()
@@ -173,6 +177,7 @@ class LibvirtBackend(Backend):
             migration=self._on_migration,
             job_completed=self._on_job_completed,
             closed=self._on_closed,
+            memory_device=self._on_memory_device,
         )
 
     async def _connect_and_adopt(self) -> None:
@@ -268,7 +273,7 @@ class LibvirtBackend(Backend):
             return
         facts = inspection.facts
         assert facts is not None
-        skip = facts.skip_reason()
+        skip = facts.skip_reason(self.virtio_mem)
         if skip:
             if domain.skipped != skip:
                 log.info("%s: domain %s skipped: %s", self.name, name, skip)
@@ -289,8 +294,9 @@ class LibvirtBackend(Backend):
             if domain.reported:
                 self._report_reachable(domain, False, "migrating")
             return
-        info = guest_info(self.name, facts)
+        info = guest_info(self.name, facts, self.virtio_mem)
         domain.managed = self._effective_managed(domain, facts)
+        domain.layout = facts.layout(self.virtio_mem)
         domain.actual = info.actual_bytes
         assert self._inventory is not None
         self._inventory.guest_appeared(info)
@@ -375,7 +381,45 @@ class LibvirtBackend(Backend):
             return
         if isinstance(actual_kib, bool) or not isinstance(actual_kib, int) or actual_kib < 0:
             return
-        domain.actual = actual_kib * KiB
+        self._balloon_read(domain, actual_kib * KiB)
+
+    def _balloon_read(self, domain: _Domain, actual: int) -> None:
+        """The balloon's own size (an event or ``memoryStats``: QEMU's figure, which
+        never counts virtio-mem memory); reported as the guest's size when it changed."""
+        layout = domain.layout
+        if layout is None:
+            if actual != domain.actual:
+                domain.actual = actual
+                assert self._inventory is not None
+                self._inventory.guest_balloon(domain.guest, actual)
+        elif layout.balloon_actual is not None:
+            updated = layout.with_balloon(min(actual, layout.balloon_max))
+            if updated.actual_bytes != domain.actual:
+                self._report_layout(domain, updated)
+            else:
+                domain.layout = updated
+
+    def _on_memory_device(self, conn: Connection, dom: Any, alias: str, size_kib: int) -> None:
+        """A virtio-mem device's plugged size changed (libvirt's event, in KiB)."""
+        if conn is not self._conn:
+            return
+        domain = self._domains.get(dom.name())
+        if domain is None or not domain.reported or domain.layout is None:
+            return
+        vmem = domain.layout.vmem
+        if vmem is None or alias != vmem.name:
+            return
+        if isinstance(size_kib, bool) or not isinstance(size_kib, int):
+            return
+        if not 0 <= size_kib * KiB <= vmem.max_size:
+            log.warning("%s: %s: virtio-mem %s reports %d KiB plugged, outside its region: "
+                        "dropped", self.name, domain.name, alias, size_kib)
+            return
+        self._report_layout(domain, domain.layout.with_plugged(size_kib * KiB))
+
+    def _report_layout(self, domain: _Domain, layout: MemoryLayout) -> None:
+        domain.layout = layout
+        domain.actual = layout.actual_bytes
         assert self._inventory is not None
         self._inventory.guest_balloon(domain.guest, domain.actual)
 
@@ -440,15 +484,43 @@ class LibvirtBackend(Backend):
             raise ActuatorError(f"{guest}: not managed (opted out)")
         if domain.migrating:
             raise ActuatorError(f"{guest}: migrating")
+        layout = domain.layout
+        if layout is None or layout.vmem is None:
+            await self._set_balloon(domain, target)
+            return
+        steps = plan(layout, target)
+        if steps.balloon is not None:
+            await self._set_balloon(domain, steps.balloon)
+        if steps.requested is not None:
+            await self._set_requested(domain, layout, steps.requested)
+
+    async def _set_balloon(self, domain: _Domain, target: int) -> None:
         kib = max(1, target // KiB)
+        await self._actuate(domain, f"setMemoryFlags({kib} KiB)", domain.dom.setMemoryFlags,
+                            kib)
+
+    async def _actuate(self, domain: _Domain, what: str, fn: Callable[..., Any],
+                       arg: object) -> None:
+        """One live change of ``domain`` (``fn(arg, AFFECT_LIVE)``), counted."""
         try:
-            await self._domain_call(domain, domain.dom.setMemoryFlags, kib,
-                                    libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            await self._domain_call(domain, fn, arg, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
             self.counters.set_failures += 1
-            raise ActuatorError(f"{guest}: setMemoryFlags({kib} KiB): "
-                                f"{exc.get_error_message()}") from None
+            raise ActuatorError(f"{domain.guest}: {what}: {exc.get_error_message()}") from None
         self.counters.set_calls += 1
+
+    async def _set_requested(self, domain: _Domain, layout: MemoryLayout, size: int) -> None:
+        """``virDomainUpdateDeviceFlags`` with the device's live XML and a new ``<requested>``."""
+        assert layout.vmem is not None and domain.facts is not None
+        index = next((i for i, d in enumerate(domain.facts.virtio_mem)
+                      if d.name == layout.vmem.name), None)
+        if index is None:
+            raise ActuatorError(f"{domain.guest}: virtio-mem {layout.vmem.name} is gone")
+        xml = requested_xml(domain.facts.virtio_mem_xml[index], size)
+        await self._actuate(domain, f"virtio-mem {layout.vmem.name} requested {size >> 10} KiB",
+                            domain.dom.updateDeviceFlags, xml)
+        if domain.layout is not None:
+            domain.layout = domain.layout.with_requested(size)
 
     async def _set_stats_period(self, domain: _Domain, period: int) -> None:
         try:
@@ -501,9 +573,8 @@ class LibvirtBackend(Backend):
             return
         reading = read_memory_stats(raw, time.monotonic(), time.time())
         assert self._inventory is not None
-        if reading.actual_bytes is not None and reading.actual_bytes != domain.actual:
-            domain.actual = reading.actual_bytes
-            self._inventory.guest_balloon(domain.guest, reading.actual_bytes)
+        if reading.actual_bytes is not None:
+            self._balloon_read(domain, reading.actual_bytes)
         if reading.stats is not None and (
             reading.last_update is None or reading.last_update != domain.last_update
         ):

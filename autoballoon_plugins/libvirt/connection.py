@@ -65,6 +65,8 @@ class Handlers:
     migration: Callable[[Connection, Any], None]
     job_completed: Callable[[Connection, Any], None]
     closed: Callable[[Connection, int], None]
+    memory_device: Callable[[Connection, Any, str, int], None] | None = None
+    """A virtio-mem device's plugged size changed: (dom, alias, size in KiB)."""
 
 
 class Connection:
@@ -127,6 +129,10 @@ class Connection:
             ("job-completed", libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed,
              False),
         ]
+        size_change = getattr(libvirt, "VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE", None)
+        if self.handlers.memory_device is not None and size_change is not None:
+            wanted.append(("memory-device-size-change", size_change,
+                           self._on_memory_device, False))
         for name, event_id, callback, required in wanted:
             try:
                 self._callback_ids.append(
@@ -175,6 +181,11 @@ class Connection:
 
     def _on_balloon(self, _conn: Any, dom: Any, actual_kib: int, _opaque: Any) -> None:
         self._post(self.handlers.balloon, dom, actual_kib)
+
+    def _on_memory_device(self, _conn: Any, dom: Any, alias: str, size_kib: int,
+                          _opaque: Any) -> None:
+        if self.handlers.memory_device is not None:
+            self._post(self.handlers.memory_device, dom, alias, size_kib)
 
     def _on_metadata(self, _conn: Any, dom: Any, _type: int, _nsuri: Any, _opaque: Any) -> None:
         self._post(self.handlers.metadata, dom)

@@ -2,6 +2,9 @@
 
 - the balloon: ``<memory>`` (maximum), ``<currentMemory>`` (balloon actual,
   kept current by libvirt), ``<memballoon model=...>`` and its stats period;
+- virtio-mem: ``<memory model='virtio-mem'>`` devices (``<size>``, ``<block>``,
+  ``<requested>``, ``<current>``, ``<alias>``); ``<memory>`` counts their full
+  size, so base memory is ``<memory>`` less their sizes;
 - the guest agent channel: the unix socket of the ``<channel>`` whose target
   name is :data:`AGENT_CHANNEL`;
 - per-domain settings in ``<metadata>``, namespace :data:`NAMESPACE`::
@@ -27,6 +30,7 @@ import libvirt
 
 from autoballoon_core.model import GuestId, GuestInfo
 from autoballoon_core.options import OptionError, parse_size
+from autoballoon_plugins.virtio_mem import MemoryLayout, VirtioMemDevice, VirtioMemError
 
 NAMESPACE = "https://autoballoon.org/xmlns/domain/1"
 PREFIX = "autoballoon"
@@ -72,18 +76,41 @@ class DomainFacts:
     autodeflate: bool
     channel_path: str | None
     metadata: GuestMetadata
+    virtio_mem: tuple[VirtioMemDevice, ...] = ()
+    """virtio-mem devices with an alias, in XML order (``<current>`` as plugged)."""
+    virtio_mem_xml: tuple[str, ...] = ()
+    """Each device's live XML, to send back with a new ``<requested>``."""
+    virtio_mem_region: int = 0
+    """The full size of every virtio-mem device (counted in ``<memory>``)."""
 
     @property
     def has_virtio_balloon(self) -> bool:
         return self.balloon_model is not None and self.balloon_model.startswith("virtio")
 
-    def skip_reason(self) -> str | None:
+    def skip_reason(self, virtio_mem: bool = True) -> str | None:
         """Why the backend leaves this domain alone, or None."""
+        if virtio_mem and self.virtio_mem and not self.has_virtio_balloon:
+            return None
         if self.balloon_model is None:
             return "no <memballoon> device"
         if not self.has_virtio_balloon:
             return f"memballoon model {self.balloon_model!r} is not virtio"
         return None
+
+    def layout(self, virtio_mem: bool = True) -> MemoryLayout:
+        """Sizes for the engine: with ``virtio_mem`` the first device is resized, the
+        plugged memory of the others is fixed.
+
+        ``<currentMemory>`` counts the plugged memory of virtio-mem devices (libvirt
+        9.0); the balloon's own size is what remains.
+        """
+        chosen = self.virtio_mem[0] if virtio_mem and self.virtio_mem else None
+        plugged = sum(d.plugged for d in self.virtio_mem)
+        fixed = plugged - (chosen.plugged if chosen else 0)
+        balloon_max = max(0, self.max_bytes - self.virtio_mem_region)
+        actual = (max(0, min(self.current_bytes - plugged, balloon_max))
+                  if self.has_virtio_balloon else None)
+        return MemoryLayout(balloon_max, actual, chosen, fixed)
 
 
 def parse_domain_xml(xml: str) -> DomainFacts:
@@ -112,6 +139,7 @@ def parse_domain_xml(xml: str) -> DomainFacts:
             except ValueError:
                 period = None
     metadata_elem = root.find(f"metadata/{{{NAMESPACE}}}{ELEMENT}")
+    devices, device_xml, region = _virtio_mem(root, name)
     return DomainFacts(
         name=name,
         uuid=(root.findtext("uuid") or "").strip(),
@@ -122,7 +150,54 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         autodeflate=autodeflate,
         channel_path=agent_channel_path(root),
         metadata=parse_metadata(metadata_elem),
+        virtio_mem=devices,
+        virtio_mem_xml=device_xml,
+        virtio_mem_region=region,
     )
+
+
+def _virtio_mem(root: ET.Element, name: str
+                ) -> tuple[tuple[VirtioMemDevice, ...], tuple[str, ...], int]:
+    """The domain's virtio-mem devices that can be addressed (have an alias)."""
+    devices: list[VirtioMemDevice] = []
+    xml: list[str] = []
+    region = 0
+    for elem in root.findall("devices/memory[@model='virtio-mem']"):
+        target = elem.find("target")
+        size = _memory(target.find("size")) if target is not None else None
+        if target is None or size is None:
+            raise DomainXMLError(f"domain {name}: virtio-mem device without <target><size>")
+        region += size
+        alias = elem.find("alias")
+        block = _memory(target.find("block"))
+        requested = _memory(target.find("requested"))
+        current = _memory(target.find("current"))
+        if alias is None or not alias.get("name") or block is None:
+            continue  # an inactive definition: nothing to resize through
+        try:
+            devices.append(VirtioMemDevice(
+                name=alias.get("name", ""), block_size=block, max_size=size,
+                requested=requested or 0,
+                plugged=current if current is not None else (requested or 0)))
+        except VirtioMemError as exc:
+            raise DomainXMLError(f"domain {name}: {exc}") from None
+        xml.append(ET.tostring(elem, encoding="unicode"))
+    return tuple(devices), tuple(xml), region
+
+
+def requested_xml(device_xml: str, size: int) -> str:
+    """A virtio-mem device's XML with ``<requested>`` set to ``size`` bytes (in KiB)."""
+    elem = ET.fromstring(device_xml)
+    target = elem.find("target")
+    if target is None:
+        raise DomainXMLError("virtio-mem device XML without <target>")
+    requested = target.find("requested")
+    if requested is None:
+        requested = ET.SubElement(target, "requested")
+    requested.attrib.clear()
+    requested.set("unit", "KiB")
+    requested.text = str(size // 1024)
+    return ET.tostring(elem, encoding="unicode")
 
 
 def _memory(elem: ET.Element | None) -> int | None:
@@ -215,15 +290,17 @@ def guest_id(backend: str, domain: str) -> GuestId:
     return f"{backend}:{domain}"
 
 
-def guest_info(backend: str, facts: DomainFacts) -> GuestInfo:
+def guest_info(backend: str, facts: DomainFacts, virtio_mem: bool = True) -> GuestInfo:
     """The :class:`GuestInfo` for a domain; unset metadata falls back to the config."""
     meta = facts.metadata
+    layout = facts.layout(virtio_mem)
     return GuestInfo(
         id=guest_id(backend, facts.name),
         name=facts.name,
         backend=backend,
-        max_bytes=facts.max_bytes,
-        actual_bytes=min(facts.current_bytes, facts.max_bytes),
+        max_bytes=layout.max_bytes,
+        actual_bytes=min(layout.actual_bytes, layout.max_bytes),
+        min_bytes=layout.min_bytes,
         floor=meta.floor,
         weight=meta.weight,
         managed=meta.managed,

@@ -39,6 +39,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("balloon_path", Kind.STR, "",
            "QOM path of the balloon device; empty: found by searching /machine/peripheral "
            "(e.g. /machine/peripheral/balloon0) and /machine/peripheral-anon."),
+    Option("virtio_mem", Kind.BOOL, True,
+           "Resize a guest that has a virtio-mem device through its requested-size "
+           "(whole blocks above base memory; the balloon takes the rest); false: "
+           "the balloon alone, plugged memory counts as fixed. See docs/backend-virtio-mem.md."),
     Option("reconnect_max", Kind.DURATION, 30.0,
            "Longest wait between reconnect attempts (the back-off doubles up to it).",
            minimum=0.01, maximum=3600.0),
@@ -64,7 +68,8 @@ def autoballoon_register_backends(register: Callable[[BackendSpec], None]) -> No
         name=NAME,
         factory=create,
         options=OPTIONS,
-        description="QEMU guests over QMP unix sockets (qemu.qmp): balloon, events, stats.",
+        description="QEMU guests over QMP unix sockets (qemu.qmp): balloon, virtio-mem, "
+                    "events, stats.",
     ))
 
 

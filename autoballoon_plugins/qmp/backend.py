@@ -53,6 +53,7 @@ class QMPSettings:
                 balloon_path=text("balloon_path", ""),
                 reconnect_max=number("reconnect_max", 30.0),
                 connect_timeout=number("connect_timeout", 5.0),
+                virtio_mem=options.get("virtio_mem", True) is not False,
             ),
         )
         check_channel_template(settings.channel)
@@ -195,7 +196,8 @@ class QMPBackend(Backend):
     # -- the actuator ----------------------------------------------------------------
 
     async def set_target(self, guest: str, target: int) -> None:
-        """Send ``balloon`` with ``target`` bytes; ActuatorError on any failure."""
+        """Send ``balloon`` and/or a virtio-mem ``requested-size`` for ``target``
+        bytes; ActuatorError on any failure."""
         runner = self.by_id.get(guest)
         if runner is None:
             raise ActuatorError(f"{guest}: unknown to the qmp backend {self.name}")

@@ -1,9 +1,11 @@
 """One QMP connection to one QEMU, on top of ``qemu.qmp``'s asyncio ``QMPClient``.
 
 It knows the handful of commands the backend needs (``query-balloon``,
-``query-memory-size-summary``, ``qom-list``/``qom-get``/``qom-set`` on the
-balloon device, ``balloon``), follows ``BALLOON_CHANGE`` events and records
-when each ``balloon`` command is written to the socket.
+``query-memory-size-summary``, ``query-memory-devices``, ``qom-list``/``qom-get``/
+``qom-set`` on the balloon device, ``balloon``, ``qom-set`` of a virtio-mem
+device's ``requested-size``), follows ``BALLOON_CHANGE`` and
+``MEMORY_DEVICE_SIZE_CHANGE`` events and records when each resize command is
+written to the socket.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError, Runstate
 
 from autoballoon_core.interfaces import ActuatorError
-from autoballoon_plugins.qmp.replies import BadReply, parse_actual, parse_memory_size
+from autoballoon_plugins.qmp.replies import (
+    BadReply,
+    MemoryDevices,
+    parse_actual,
+    parse_base_memory,
+    parse_memory_devices,
+    parse_memory_size,
+)
 
 log = logging.getLogger("autoballoon.qmp")
 wire_log = logging.getLogger("autoballoon.qmp.wire")
@@ -45,8 +54,21 @@ def _drop(_event: Message) -> bool:
     return False
 
 
+REQUESTED_SIZE = "requested-size"
+"""The virtio-mem (and virtio-mem-pci) property that asks the guest for a plugged size."""
+
+
+def _is_resize(msg: Message) -> bool:
+    command = msg.get("execute")
+    if command == "balloon":
+        return True
+    arguments = msg.get("arguments")
+    return (command == "qom-set" and isinstance(arguments, Mapping)
+            and arguments.get("property") == REQUESTED_SIZE)
+
+
 class _Client(QMPClient):
-    """A ``QMPClient`` that notes when a ``balloon`` command is written and keeps no backlog."""
+    """A ``QMPClient`` that notes when a resize command is written and keeps no backlog."""
 
     def __init__(self, name: str, on_balloon_written: Callable[[float], None]) -> None:
         super().__init__(name)
@@ -57,25 +79,27 @@ class _Client(QMPClient):
 
     def _cb_outbound(self, msg: Message) -> Message:
         # Called by the writer task right before the bytes go to the socket.
-        if msg.get("execute") == "balloon":
+        if _is_resize(msg):
             self._on_balloon_written(time.monotonic())
         result: Message = super()._cb_outbound(msg)
         return result
 
 
 class _CallbackListener(EventListener):
-    """Hands ``BALLOON_CHANGE`` events to a callback; queues and keeps nothing."""
+    """Hands size events to their callbacks; queues and keeps nothing."""
 
-    def __init__(self, callback: Callable[[object], None]) -> None:
-        super().__init__("BALLOON_CHANGE")
-        self._callback = callback
+    def __init__(self, callbacks: Mapping[str, Callable[[object], None]]) -> None:
+        super().__init__(tuple(callbacks))
+        self._callbacks = dict(callbacks)
 
     def accept(self, event: Message) -> bool:
-        if event.get("event") == "BALLOON_CHANGE":
+        name = event.get("event")
+        callback = self._callbacks.get(name) if isinstance(name, str) else None
+        if callback is not None:
             try:
-                self._callback(event.get("data"))
+                callback(event.get("data"))
             except Exception:  # never break the QMP reader on our bug
-                log.exception("BALLOON_CHANGE handler failed")
+                log.exception("%s handler failed", name)
         return False
 
 
@@ -102,13 +126,18 @@ class QMPConnection:
         request_timeout: float,
         on_balloon_change: Callable[[object], None],
         on_balloon_written: Callable[[float], None],
+        on_memory_device_change: Callable[[object], None] | None = None,
     ) -> QMPConnection:
-        """Connect and negotiate; ``on_balloon_change`` gets each event's data.
+        """Connect and negotiate; ``on_balloon_change`` gets each ``BALLOON_CHANGE``'s
+        data, ``on_memory_device_change`` each ``MEMORY_DEVICE_SIZE_CHANGE``'s.
 
         Raises ``QMPError``/``OSError``; the caller applies the timeout.
         """
         client = _Client(name, on_balloon_written)
-        client.register_listener(_CallbackListener(on_balloon_change))
+        callbacks = {"BALLOON_CHANGE": on_balloon_change}
+        if on_memory_device_change is not None:
+            callbacks["MEMORY_DEVICE_SIZE_CHANGE"] = on_memory_device_change
+        client.register_listener(_CallbackListener(callbacks))
         await client.connect(socket_path)
         return cls(client, socket_path, request_timeout)
 
@@ -139,8 +168,29 @@ class QMPConnection:
     async def max_memory(self) -> int:
         return parse_memory_size(await self.execute("query-memory-size-summary"))
 
+    async def base_memory(self) -> int:
+        return parse_base_memory(await self.execute("query-memory-size-summary"))
+
+    async def memory_devices(self) -> MemoryDevices:
+        """DIMMs and virtio-mem devices; none when QEMU lacks ``query-memory-devices``."""
+        try:
+            reply = await self.execute("query-memory-devices")
+        except ExecuteError:
+            return MemoryDevices()
+        return parse_memory_devices(reply)
+
     async def balloon_actual(self, max_bytes: int | None) -> int:
         return parse_actual(await self.execute("query-balloon"), max_bytes)
+
+    async def balloon_actual_if_any(self, max_bytes: int | None) -> int | None:
+        """The balloon's ``actual``, or None when the guest has no balloon device."""
+        try:
+            reply = await self.execute("query-balloon")
+        except ExecuteError as exc:
+            if exc.error_class == "DeviceNotActive":
+                return None
+            raise
+        return parse_actual(reply, max_bytes)
 
     async def find_balloon(self, configured: str = "") -> str | None:
         """The QOM path of the balloon device: ``configured``, else searched.
@@ -193,10 +243,20 @@ class QMPConnection:
         Raises :class:`ActuatorError` on a QMP error or a connection that
         breaks before the answer (never hangs on a closed socket).
         """
+        await self._actuate("balloon", {"value": int(target)}, f"balloon {target}")
+
+    async def set_requested_size(self, path: str, size: int) -> None:
+        """``qom-set`` a virtio-mem device's ``requested-size`` (bytes); like
+        :meth:`set_balloon`, untimed and raising :class:`ActuatorError`."""
+        await self._actuate("qom-set", {"path": path, "property": REQUESTED_SIZE,
+                                        "value": int(size)},
+                            f"{REQUESTED_SIZE} {size} on {path}")
+
+    async def _actuate(self, command: str, arguments: Mapping[str, Any], what: str) -> None:
         try:
-            await self.client.execute("balloon", {"value": int(target)})
+            await self.client.execute(command, arguments)
         except ExecuteError as exc:
-            raise ActuatorError(f"QEMU refused balloon {target}: {exc}") from exc
+            raise ActuatorError(f"QEMU refused {what}: {exc}") from exc
         except (QMPError, OSError, EOFError) as exc:
             raise ActuatorError(
                 f"QMP connection {self.socket_path} lost: {exc or type(exc).__name__}"

@@ -2,10 +2,15 @@
 
 Each guest runs in its own task, so a guest whose QEMU hangs or dies never
 delays another. The task reports through the engine's Inventory:
-``guest_appeared`` after every successful (re)connect (with the balloon size
-read from QEMU, which is adopted, never changed), ``guest_balloon`` on
-``BALLOON_CHANGE``, ``guest_stats`` every stats period, ``guest_reachable``
-when the connection breaks and comes back.
+``guest_appeared`` after every successful (re)connect (with the size read from
+QEMU, which is adopted, never changed), ``guest_balloon`` on ``BALLOON_CHANGE``
+and ``MEMORY_DEVICE_SIZE_CHANGE``, ``guest_stats`` every stats period,
+``guest_reachable`` when the connection breaks and comes back.
+
+A guest with a virtio-mem device is sized as base memory plus plugged memory
+minus the balloon (:mod:`autoballoon_plugins.virtio_mem`); its targets are
+split between ``requested-size`` and the balloon by
+:func:`autoballoon_plugins.virtio_mem.plan`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from autoballoon_core.interfaces import ActuatorError, Inventory
 from autoballoon_core.model import GuestInfo
 from autoballoon_plugins.qmp.connection import ConnectionErrors, QMPConnection
 from autoballoon_plugins.qmp.discovery import BACKEND, backoff_delay
-from autoballoon_plugins.qmp.replies import BadReply, LogOnce, parse_actual, parse_guest_stats
+from autoballoon_plugins.qmp.replies import (
+    BadReply,
+    LogOnce,
+    MemoryDevices,
+    parse_actual,
+    parse_guest_stats,
+    parse_size_change,
+)
+from autoballoon_plugins.virtio_mem import MemoryLayout, VirtioMemDevice, plan
 
 log = logging.getLogger("autoballoon.qmp")
 
@@ -41,6 +54,9 @@ class GuestSettings:
     connect_timeout: float = 5.0
     reconnect_initial: float = 0.25
     reconnect_jitter: float = 0.1
+    virtio_mem: bool = True
+    """Resize through a virtio-mem device when the guest has one (else it counts
+    as fixed memory and only the balloon moves)."""
 
 
 class GuestRunner:
@@ -71,8 +87,8 @@ class GuestRunner:
         self.appeared = False
         """True once guest_appeared was reported (so a vanish must be reported too)."""
         self.reachable = False
-        self.max_bytes: int | None = None
-        self.actual_bytes: int | None = None
+        self.layout: MemoryLayout | None = None
+        """The guest's memory as last read or reported (None before the first connect)."""
         self.connects = 0
         self.failures = 0
         self.last_error = ""
@@ -83,6 +99,14 @@ class GuestRunner:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"qmp-guest-{self.name}")
+
+    @property
+    def max_bytes(self) -> int | None:
+        return None if self.layout is None else self.layout.max_bytes
+
+    @property
+    def actual_bytes(self) -> int | None:
+        return None if self.layout is None else self.layout.actual_bytes
 
     # -- the loop -----------------------------------------------------------------
 
@@ -128,18 +152,41 @@ class GuestRunner:
             request_timeout=self.settings.connect_timeout,
             on_balloon_change=self._balloon_changed,
             on_balloon_written=lambda t: self._on_balloon_written(self.id, t),
+            on_memory_device_change=self._memory_device_changed,
         )
         try:
-            max_bytes = await connection.max_memory()
-            actual = await connection.balloon_actual(max_bytes)
-            # From here BALLOON_CHANGE events update actual_bytes themselves.
-            self.max_bytes, self.actual_bytes = max_bytes, actual
-            if self.settings.stats_period > 0:
+            # From here the size events update the layout themselves.
+            self.layout = await self._read_layout(connection)
+            if self.settings.stats_period > 0 and self.layout.balloon_actual is not None:
                 await self._setup_stats(connection)
         except BaseException:
             await connection.close(self.settings.connect_timeout)
             raise
         return connection
+
+    async def _read_layout(self, connection: QMPConnection) -> MemoryLayout:
+        base = await connection.base_memory()
+        devices = await connection.memory_devices()
+        balloon_max = base + devices.dimm_bytes
+        vmem, fixed = self._pick_virtio_mem(devices)
+        actual = await (connection.balloon_actual_if_any(balloon_max) if vmem is not None
+                        else connection.balloon_actual(balloon_max))
+        return MemoryLayout(balloon_max, actual, vmem, fixed)
+
+    def _pick_virtio_mem(self, devices: MemoryDevices) -> tuple[VirtioMemDevice | None, int]:
+        """The device to resize (the first with an id) and the memory the others plug."""
+        chosen = None
+        if self.settings.virtio_mem:
+            chosen = next((d for d in devices.virtio_mem if d.path), None)
+            if chosen is None and devices.virtio_mem:
+                self._once.warning((self.id, "vmem-anon"), "%s: virtio-mem device without an "
+                                   "id: not resized (give it id=...)", self.id)
+            elif len(devices.virtio_mem) > 1:
+                self._once.warning((self.id, "vmem-more"), "%s: %d virtio-mem devices: only %s "
+                                   "is resized", self.id, len(devices.virtio_mem),
+                                   chosen.name if chosen else "-")
+        fixed = sum(d.plugged for d in devices.virtio_mem if d is not chosen)
+        return chosen, fixed
 
     async def _setup_stats(self, connection: QMPConnection) -> None:
         try:
@@ -180,9 +227,11 @@ class GuestRunner:
         self.connects += 1
         self.reachable = True
         self.last_error = ""
+        assert self.layout is not None
         self.inventory.guest_appeared(GuestInfo(
             id=self.id, name=self.name, backend=BACKEND, max_bytes=self.max_bytes,
             actual_bytes=self.actual_bytes, channel_path=self.channel_path,
+            min_bytes=self.layout.min_bytes,
         ))
         if self.appeared:
             self.inventory.guest_reachable(self.id, True, "QMP reconnected")
@@ -227,23 +276,57 @@ class GuestRunner:
 
     def _balloon_changed(self, data: object) -> None:
         """A ``BALLOON_CHANGE`` event (QEMU sends at most about one per second)."""
+        layout = self.layout
+        if layout is None:
+            return
         try:
-            actual = parse_actual(data, self.max_bytes)
+            actual = parse_actual(data, layout.balloon_max)
         except BadReply as exc:
             self._once.warning((self.id, "balloon-change"), "%s: bad BALLOON_CHANGE: %s: dropped",
                                self.id, exc)
             return
-        self.actual_bytes = actual
+        self._report_layout(layout.with_balloon(actual))
+
+    def _memory_device_changed(self, data: object) -> None:
+        """A ``MEMORY_DEVICE_SIZE_CHANGE`` event: a virtio-mem device's plugged size."""
+        layout = self.layout
+        if layout is None or layout.vmem is None:
+            return
+        try:
+            where, size = parse_size_change(data)
+        except BadReply as exc:
+            self._once.warning((self.id, "size-change"), "%s: bad MEMORY_DEVICE_SIZE_CHANGE: "
+                               "%s: dropped", self.id, exc)
+            return
+        vmem = layout.vmem
+        if where not in (vmem.path, vmem.name):
+            return
+        if size > vmem.max_size:
+            self._once.warning((self.id, "size-range"), "%s: virtio-mem %s reports %d bytes "
+                               "plugged, above its region %d: dropped", self.id, vmem.name, size,
+                               vmem.max_size)
+            return
+        self._report_layout(layout.with_plugged(size))
+
+    def _report_layout(self, layout: MemoryLayout) -> None:
+        self.layout = layout
         if self.appeared and self.reachable:
-            self.inventory.guest_balloon(self.id, actual)
+            self.inventory.guest_balloon(self.id, layout.actual_bytes)
 
     # -- the actuator ----------------------------------------------------------
 
     async def set_target(self, target: int) -> None:
         connection = self.connection
-        if connection is None or not connection.connected:
+        layout = self.layout
+        if connection is None or not connection.connected or layout is None:
             raise ActuatorError(f"{self.id}: not connected ({self.last_error or 'connecting'})")
-        await connection.set_balloon(target)
+        steps = plan(layout, target)
+        if steps.balloon is not None:
+            await connection.set_balloon(steps.balloon)
+        if steps.requested is not None and layout.vmem is not None:
+            await connection.set_requested_size(layout.vmem.path, steps.requested)
+            if self.layout is not None:
+                self.layout = self.layout.with_requested(steps.requested)
 
     # -- the end -----------------------------------------------------------------
 
@@ -263,6 +346,7 @@ class GuestRunner:
             "balloon_path": self.connection.balloon_path if self.connection else None,
             "max": self.max_bytes,
             "actual": self.actual_bytes,
+            "virtio_mem": _describe_vmem(self.layout),
             "connects": self.connects,
             "connect_failures": self.failures,
             "last_error": self.last_error,
@@ -278,6 +362,15 @@ async def cancel_and_wait(task: asyncio.Task[None], retry: float = 0.5) -> None:
         await asyncio.wait({task}, timeout=retry)
     if not task.cancelled() and task.exception() is not None:
         log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
+def _describe_vmem(layout: MemoryLayout | None) -> dict[str, object] | None:
+    if layout is None or layout.vmem is None:
+        return None
+    vmem = layout.vmem
+    return {"device": vmem.name, "block_size": vmem.block_size, "max_size": vmem.max_size,
+            "requested": vmem.requested, "plugged": vmem.plugged,
+            "balloon": layout.balloon_actual is not None}
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from autoballoon_core.model import GuestStats
+from autoballoon_plugins.virtio_mem import VirtioMemDevice, VirtioMemError
 
 log = logging.getLogger("autoballoon.qmp")
 
@@ -95,6 +96,16 @@ def parse_memory_size(reply: object) -> int:
 
     The balloon's ``actual`` counts hot-plugged DIMMs too, so the maximum does.
     """
+    base = parse_base_memory(reply)
+    plugged_raw = reply.get("plugged-memory", 0) if isinstance(reply, Mapping) else None
+    plugged = _plain_int(plugged_raw)
+    if plugged is None or plugged < 0 or plugged > COUNTER_LIMIT - base:
+        raise BadReply(f"'plugged-memory' must be a non-negative integer, got {plugged_raw!r}")
+    return base + plugged
+
+
+def parse_base_memory(reply: object) -> int:
+    """``base-memory`` of ``query-memory-size-summary`` (the ``-m`` size)."""
     if not isinstance(reply, Mapping):
         raise BadReply(f"expected an object with 'base-memory', got {type(reply).__name__}")
     base = _plain_int(reply.get("base-memory"))
@@ -102,11 +113,79 @@ def parse_memory_size(reply: object) -> int:
         raise BadReply(
             f"'base-memory' must be a positive integer, got {reply.get('base-memory')!r}"
         )
-    plugged_raw = reply.get("plugged-memory", 0)
-    plugged = _plain_int(plugged_raw)
-    if plugged is None or plugged < 0 or plugged > COUNTER_LIMIT - base:
-        raise BadReply(f"'plugged-memory' must be a non-negative integer, got {plugged_raw!r}")
-    return base + plugged
+    return base
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryDevices:
+    """What ``query-memory-devices`` lists: DIMM sizes and virtio-mem devices."""
+
+    dimm_bytes: int = 0
+    """Memory of DIMMs and NVDIMMs: fixed, and part of what the balloon works within."""
+    virtio_mem: tuple[VirtioMemDevice, ...] = ()
+    """virtio-mem devices in QEMU's order; ``path`` is ``/machine/peripheral/<id>``
+    for a device with an id, empty for an anonymous one."""
+
+
+_VIRTIO_MEM_FIELDS = ("block-size", "max-size", "requested-size", "size")
+
+
+def parse_memory_devices(reply: object) -> MemoryDevices:
+    """Map a ``query-memory-devices`` reply; :class:`BadReply` on a malformed one.
+
+    Device kinds other than DIMMs and virtio-mem (virtio-pmem, SGX EPC) are
+    not guest RAM the balloon or virtio-mem could move: they are skipped.
+    """
+    if not isinstance(reply, list):
+        raise BadReply(f"query-memory-devices: expected a list, got {type(reply).__name__}")
+    dimms = 0
+    devices: list[VirtioMemDevice] = []
+    for entry in reply:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("data"), Mapping):
+            raise BadReply(f"query-memory-devices: bad entry {entry!r:.120}")
+        kind, data = entry.get("type"), entry["data"]
+        if kind in ("dimm", "nvdimm"):
+            size = _plain_int(data.get("size"))
+            if size is None or size < 0 or size > COUNTER_LIMIT:
+                raise BadReply(f"query-memory-devices: {kind} size {data.get('size')!r}")
+            dimms += size
+        elif kind == "virtio-mem":
+            devices.append(_virtio_mem(data))
+    return MemoryDevices(dimms, tuple(devices))
+
+
+def _virtio_mem(data: Mapping[str, object]) -> VirtioMemDevice:
+    values: dict[str, int] = {}
+    for key in _VIRTIO_MEM_FIELDS:
+        value = _plain_int(data.get(key))
+        if value is None or value < 0 or value > COUNTER_LIMIT:
+            raise BadReply(f"virtio-mem device: {key!r} must be a non-negative integer, "
+                           f"got {data.get(key)!r}")
+        values[key] = value
+    ident = data.get("id")
+    name = ident if isinstance(ident, str) and ident else ""
+    try:
+        return VirtioMemDevice(
+            name=name or "(anonymous)",
+            block_size=values["block-size"],
+            max_size=values["max-size"],
+            requested=values["requested-size"],
+            plugged=values["size"],
+            path=f"/machine/peripheral/{name}" if name else "",
+        )
+    except VirtioMemError as exc:
+        raise BadReply(str(exc)) from None
+
+
+def parse_size_change(data: object) -> tuple[str, int]:
+    """``(qom-path or id, size)`` of a ``MEMORY_DEVICE_SIZE_CHANGE`` event."""
+    if not isinstance(data, Mapping):
+        raise BadReply(f"expected an object with 'size', got {type(data).__name__}")
+    size = _plain_int(data.get("size"))
+    if size is None or size < 0 or size > COUNTER_LIMIT:
+        raise BadReply(f"'size' must be a non-negative integer, got {data.get('size')!r}")
+    where = data.get("qom-path") or data.get("id")
+    return (where if isinstance(where, str) else ""), size
 
 
 @dataclass(frozen=True, slots=True)

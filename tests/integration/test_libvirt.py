@@ -164,14 +164,21 @@ def lab_guest(libvirt_daemon: LibvirtDaemon, lab_image: Any,
     os.chmod(console.parent, 0o755)
     xml = domain_xml(name, lab_image, memory_mib=LAB_MIB, console_log=console, stats_period=5,
                      metadata=_metadata(floor="200MiB", weight="2"))
-    c = libvirt_daemon.connect()
+    yield from booted_lab_domain(libvirt_daemon, name, xml, console, timeout=120)
+
+
+def booted_lab_domain(daemon: LibvirtDaemon, name: str, xml: str, console: Path,
+                      timeout: float) -> Iterator[str]:
+    """Define and start a lab domain, wait for its init's ready line, yield its name;
+    destroyed and undefined afterwards, whatever happened."""
+    c = daemon.connect()
     try:
         dom = c.defineXML(xml)
         dom.create()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while "AUTOBALLOON-LAB: ready" not in _read(console):
             if time.monotonic() > deadline:
-                raise AssertionError(f"lab guest did not boot: {_read(console)[-2000:]}")
+                raise AssertionError(f"lab domain {name} did not boot: {_read(console)[-2000:]}")
             time.sleep(0.2)
         yield name
     finally:

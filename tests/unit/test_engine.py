@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from autoballoon_core.model import MiB, Outcome, PressureLevel
+from autoballoon_core.model import GuestInfo, MiB, Outcome, PressureLevel
 from autoballoon_core.testing import harness
 
 SEED = {"engine": {"policy": "seed-fixed", "coalesce_interval": 0.2}, "guards": {"cooldown": 0}}
@@ -59,6 +59,21 @@ async def test_never_below_the_floor() -> None:
             await h.settle()
             await asyncio.sleep(0.25)
         assert h.backend.actual["fake:a"] == 1000 * MiB
+
+
+async def test_a_backend_minimum_raises_the_floor() -> None:
+    settings = {**SEED, "guards": {"cooldown": 0, "floor": "900MiB"}}
+    async with harness(settings, guests=GUESTS) as h:
+        assert h.backend.inventory is not None
+        h.backend.inventory.guest_appeared(GuestInfo(
+            "fake:a", "a", "fake", 1024 * MiB, 1024 * MiB, min_bytes=1000 * MiB))
+        for _ in range(3):
+            h.host_event(PressureLevel.MEDIUM)
+            await h.settle()
+            await asyncio.sleep(0.25)
+        assert h.engine.guests["fake:a"].floor == 1000 * MiB
+        assert h.backend.actual["fake:a"] == 1000 * MiB
+        assert h.backend.actual["fake:b"] == 976 * MiB
 
 
 async def test_a_guest_under_pressure_is_not_inflated() -> None:

@@ -16,6 +16,7 @@ from autoballoon_plugins.libvirt.domains import (
     metadata_xml,
     parse_domain_xml,
     parse_metadata,
+    requested_xml,
 )
 
 CHANNELS = "/var/lib/libvirt/qemu/channel/target/domain-3-vm1"
@@ -162,3 +163,85 @@ def test_metadata_xml_round_trips() -> None:
     elem = ET.fromstring(text)
     elem.tag = f"{{{NAMESPACE}}}guest"
     assert parse_metadata(elem) == GuestMetadata(managed=False, floor=256 * MiB, weight=3.0)
+
+
+# -- virtio-mem ---------------------------------------------------------------------------
+
+VMEM_DEVICE = """<memory model='virtio-mem'>
+      <target>
+        <size unit='KiB'>524288</size>
+        <node>0</node>
+        <block unit='KiB'>2048</block>
+        <requested unit='KiB'>307200</requested>
+        <current unit='KiB'>204800</current>
+      </target>
+      <alias name='virtiomem0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </memory>"""
+
+
+def vmem_xml(balloon: str = "<memballoon model='virtio'/>", devices: str = VMEM_DEVICE) -> str:
+    return f"""<domain type='qemu' id='4'>
+  <name>vm2</name>
+  <maxMemory slots='1' unit='KiB'>786432</maxMemory>
+  <memory unit='KiB'>786432</memory>
+  <currentMemory unit='KiB'>458752</currentMemory>
+  <devices>
+    {devices}
+    {balloon}
+  </devices>
+</domain>"""
+
+
+def test_virtio_mem_device_and_sizes() -> None:
+    facts = parse_domain_xml(vmem_xml())
+    (vmem,) = facts.virtio_mem
+    assert (vmem.name, vmem.block_size, vmem.max_size) == ("virtiomem0", 2 * MiB, 512 * MiB)
+    assert (vmem.requested, vmem.plugged) == (300 * MiB, 200 * MiB)
+    layout = facts.layout()
+    assert layout.balloon_max == 256 * MiB
+    assert layout.balloon_actual == 248 * MiB
+    info = guest_info("libvirt", facts)
+    assert (info.max_bytes, info.actual_bytes, info.min_bytes) == (768 * MiB, 448 * MiB, 0)
+    assert facts.skip_reason() is None
+
+
+def test_virtio_mem_without_a_balloon_is_managed_down_to_base_memory() -> None:
+    facts = parse_domain_xml(vmem_xml(balloon="<memballoon model='none'/>"))
+    assert facts.skip_reason() is None
+    assert facts.skip_reason(virtio_mem=False) == "memballoon model 'none' is not virtio"
+    info = guest_info("libvirt", facts)
+    assert (info.max_bytes, info.actual_bytes, info.min_bytes) == (768 * MiB, 456 * MiB,
+                                                                   256 * MiB)
+
+
+def test_virtio_mem_off_counts_plugged_memory_as_fixed() -> None:
+    info = guest_info("libvirt", parse_domain_xml(vmem_xml()), virtio_mem=False)
+    assert (info.max_bytes, info.actual_bytes) == (456 * MiB, 448 * MiB)
+
+
+def test_requested_xml_keeps_the_device_and_sets_requested_in_kib() -> None:
+    facts = parse_domain_xml(vmem_xml())
+    updated = ET.fromstring(requested_xml(facts.virtio_mem_xml[0], 102 * MiB))
+    assert updated.findtext("target/requested") == str(102 * 1024)
+    assert updated.find("target/requested").get("unit") == "KiB"  # type: ignore[union-attr]
+    assert updated.find("alias").get("name") == "virtiomem0"  # type: ignore[union-attr]
+    assert updated.findtext("target/size") == "524288"
+
+
+@pytest.mark.parametrize("device", [
+    "<memory model='virtio-mem'><alias name='x'/></memory>",
+    VMEM_DEVICE.replace("<block unit='KiB'>2048</block>", "<block unit='KiB'>3000</block>"),
+    VMEM_DEVICE.replace("<current unit='KiB'>204800</current>",
+                        "<current unit='KiB'>9999999</current>"),
+])
+def test_impossible_virtio_mem_devices_are_refused(device: str) -> None:
+    with pytest.raises(DomainXMLError, match="virtio-mem"):
+        parse_domain_xml(vmem_xml(devices=device))
+
+
+def test_a_device_without_alias_is_not_resized_but_counted() -> None:
+    facts = parse_domain_xml(vmem_xml(devices=VMEM_DEVICE.replace(
+        "<alias name='virtiomem0'/>", "")))
+    assert facts.virtio_mem == ()
+    assert facts.layout().balloon_max == 256 * MiB

@@ -148,7 +148,7 @@ def test_plugin_registers_with_its_options() -> None:
     assert spec.plugin == "qmp"
     assert {o.name for o in OPTIONS} == {
         "sockets", "glob", "rescan_interval", "channel", "stats_period", "balloon_path",
-        "reconnect_max", "connect_timeout",
+        "reconnect_max", "connect_timeout", "virtio_mem",
     }
 
 

@@ -12,9 +12,12 @@ from autoballoon_core.model import MiB
 from autoballoon_plugins.qmp.replies import (
     BadReply,
     LogOnce,
+    MemoryDevices,
     parse_actual,
     parse_guest_stats,
+    parse_memory_devices,
     parse_memory_size,
+    parse_size_change,
 )
 
 MAX = 512 * MiB
@@ -155,3 +158,50 @@ def test_parse_memory_size() -> None:
                 {"base-memory": MAX, "plugged-memory": 2**63}):
         with pytest.raises(BadReply):
             parse_memory_size(bad)
+
+
+# -- virtio-mem ---------------------------------------------------------------------------
+
+VIRTIO_MEM_ENTRY = {"type": "virtio-mem", "data": {
+    "memaddr": 4294967296, "node": 0, "requested-size": 134217728, "size": 134217728,
+    "max-size": 536870912, "block-size": 2097152, "memdev": "/objects/vmem0", "id": "vm0"}}
+
+
+def test_parse_memory_devices_finds_virtio_mem_and_dimms() -> None:
+    dimm = {"type": "dimm", "data": {"size": 128 * MiB, "id": "d0", "slot": 0}}
+    pmem = {"type": "virtio-pmem", "data": {"size": 64 * MiB, "id": "p0"}}
+    parsed = parse_memory_devices([VIRTIO_MEM_ENTRY, dimm, pmem])
+    assert parsed.dimm_bytes == 128 * MiB
+    (vmem,) = parsed.virtio_mem
+    assert (vmem.name, vmem.path) == ("vm0", "/machine/peripheral/vm0")
+    assert (vmem.block_size, vmem.max_size) == (2 * MiB, 512 * MiB)
+    assert vmem.requested == vmem.plugged == 128 * MiB
+    assert parse_memory_devices([]) == MemoryDevices()
+
+
+def test_an_anonymous_virtio_mem_device_has_no_path() -> None:
+    data = {k: v for k, v in VIRTIO_MEM_ENTRY["data"].items() if k != "id"}  # type: ignore[union-attr]
+    (vmem,) = parse_memory_devices([{"type": "virtio-mem", "data": data}]).virtio_mem
+    assert vmem.path == ""
+
+
+@pytest.mark.parametrize("bad", [
+    None, {"type": "virtio-mem"}, [{"type": "virtio-mem", "data": None}],
+    [{"type": "virtio-mem", "data": {"size": -1}}],
+    [{"type": "virtio-mem", "data": {**VIRTIO_MEM_ENTRY["data"], "size": 2**40}}],  # type: ignore[dict-item]
+    [{"type": "virtio-mem", "data": {**VIRTIO_MEM_ENTRY["data"], "block-size": 3}}],  # type: ignore[dict-item]
+    [{"type": "dimm", "data": {"size": "big"}}],
+])
+def test_parse_memory_devices_rejects_nonsense(bad: object) -> None:
+    with pytest.raises(BadReply):
+        parse_memory_devices(bad)
+
+
+def test_parse_size_change() -> None:
+    assert parse_size_change({"id": "vm0", "size": 2 * MiB,
+                              "qom-path": "/machine/peripheral/vm0"}) == (
+        "/machine/peripheral/vm0", 2 * MiB)
+    assert parse_size_change({"id": "vm0", "size": 0}) == ("vm0", 0)
+    for bad in (None, {"size": -2}, {"size": True}, {"id": "vm0"}):
+        with pytest.raises(BadReply):
+            parse_size_change(bad)
