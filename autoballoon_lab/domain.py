@@ -32,6 +32,7 @@ def domain_xml(
     metadata: ET.Element | None = None,
     disk: Path | None = None,
     pvh_boot: bool = True,
+    partition: str | None = None,
 ) -> str:
     """A ``type='qemu'`` domain booting the lab kernel/initrd directly.
 
@@ -40,6 +41,8 @@ def domain_xml(
     ``hostroot``, and the serial console in ``console_log`` (or a pty).
     ``metadata`` is placed under ``<metadata>`` (give it a namespace).
     ``pvh_boot`` boots the image's uncompressed ``vmlinux`` when it has one.
+    ``partition`` is libvirt's resource partition (``/machine/NAME``: on a
+    systemd host, the slice ``machine-NAME.slice``).
     """
     domain = ET.Element("domain", type="qemu")
     _sub(domain, "name", name)
@@ -48,6 +51,8 @@ def domain_xml(
     _sub(domain, "memory", str(memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(vcpus))
+    if partition is not None:
+        _sub(_sub(domain, "resource"), "partition", partition)
 
     os_element = _sub(domain, "os")
     _sub(os_element, "type", "hvm", arch="x86_64", machine="q35")
