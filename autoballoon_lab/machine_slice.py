@@ -39,10 +39,16 @@ def _systemctl(*args: str) -> str:
     return result.stdout
 
 
-def unavailable_reason() -> str | None:
-    """Why no such slice can be made here, or ``None``."""
+MACHINED = Path("/lib/systemd/systemd-machined")
+
+
+def unavailable_reason(*, libvirt: bool = False) -> str | None:
+    """Why no such slice can be made here (with ``libvirt``: nor a domain placed in it)."""
     if not Path("/run/systemd/system").is_dir():
         return "systemd is not PID 1"
+    if libvirt and not MACHINED.exists():
+        return ("systemd-machined is not installed (apt-get install systemd-container): "
+                "libvirt places a domain in a slice through it")
     try:
         controllers = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
     except OSError:

@@ -57,7 +57,8 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[systemd_vm.Connecti
         systemd_vm.stop(state)
 
 
-_PROBE = "from autoballoon_lab.machine_slice import unavailable_reason as r; print(r() or '')"
+_PROBE = ("from autoballoon_lab.machine_slice import unavailable_reason as r; "
+          "print(r(libvirt=True) or '')")
 
 
 def _python(*args: str) -> str:
