@@ -33,7 +33,7 @@ from typing import Any
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import PressureSource
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_plugins.psi import PsiSource
+from autoballoon_plugins.psi import PsiSource, read_pressure
 from autoballoon_plugins.watermark import Thresholds, WatermarkSource, parse_amount
 
 from .cgroup import MemoryCgroup
@@ -92,16 +92,20 @@ async def check_psi(name: str, limit_mib: int, triggers: dict[str, str],
     with MachineSlice(name, limit_mib * MIB) as machine:
         source = PsiSource("psi", {LEVELS[k]: v for k, v in triggers.items()}, system=False,
                            cgroup=str(machine.path), adapt_window=True)
+        before = read_pressure(machine.path / "memory.pressure")
         async with _running(source, events):
             machine.start_hog(2 * limit_mib, repeat=True)
             fired = await _until(lambda: wanted <= {e.level for e in events}, timeout)
             readings = dict(source.readings())
             describe = source.describe()
+        after = read_pressure(machine.path / "memory.pressure")
         kernel_events = machine.events()
         path = str(machine.path)
     return {"cgroup": path, "fired_all": fired, "seconds": clock(),
             "events": [_event(e, clock) for e in events], "readings": readings,
-            "describe": describe, "memory_events": kernel_events}
+            "describe": describe, "memory_events": kernel_events,
+            "stall_us": {kind: after.get(f"{kind}.total", 0) - before.get(f"{kind}.total", 0)
+                         for kind in ("some", "full")}}
 
 
 async def check_watermark(name: str, limit_mib: int, hog_mib: int, rate_mib_s: float,
@@ -180,48 +184,50 @@ def check_balloon(name: str, guest_mib: int, headroom_mib: int, hog_mib: int,
     domain = None
     try:
         with MachineSlice(name, 4096 * MIB) as machine:
-            xml = domain_xml(domain_name, image, memory_mib=guest_mib, console_log=console,
-                             partition=machine.partition, free_page_reporting=False)
-            domain = conn.createXML(xml, 0)
-            steps["domain_created"] = clock()
-            report["domain_cgroup"] = _cgroup_of(int(Path(
-                f"/run/libvirt/qemu/{domain_name}.pid").read_text()))
-            if not _wait_for_text(console, READY, timeout):
-                raise TimeoutError(f"the guest did not print {READY!r} within {timeout:g} s:"
-                                   f"\n{_tail(console)}")
-            steps["guest_ready"] = clock()
-            usage = machine.usage()
-            machine.set_limit(usage + headroom_mib * MIB)
-            report["slice"] = {"cgroup": str(machine.path), "usage_at_boot": usage,
-                               "limit": machine.limit_bytes}
-            config = _daemon_config(run_dir, machine, headroom_mib)
-            daemon = DaemonProcess(run_dir, config)
             try:
-                daemon.start(timeout=timeout)
-                steps["daemon_ready"] = clock()
-                maximum = domain.maxMemory() * 1024
-                before = _actual(domain)
-                machine.start_hog(hog_mib, rate_mib_s=rate_mib_s)
-                steps["hog_started"] = clock()
-                deadline = time.monotonic() + timeout
-                while _actual(domain) >= maximum and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                after = _actual(domain)
-                steps["balloon_inflated" if after < maximum else "gave_up"] = clock()
-                report["status"] = daemon.status()
-                records = daemon.audit()
-                report["audit"] = [r for r in records if r.get("kind") == "round"
-                                   and r.get("actions")]
-                report["events"] = _event_counts(records)
+                xml = domain_xml(domain_name, image, memory_mib=guest_mib, console_log=console,
+                                 partition=machine.partition, free_page_reporting=False)
+                domain = conn.createXML(xml, 0)
+                steps["domain_created"] = clock()
+                report["domain_cgroup"] = _cgroup_of(int(Path(
+                    f"/run/libvirt/qemu/{domain_name}.pid").read_text()))
+                if not _wait_for_text(console, READY, timeout):
+                    raise TimeoutError(f"the guest did not print {READY!r} within {timeout:g} s:"
+                                       f"\n{_tail(console)}")
+                steps["guest_ready"] = clock()
+                usage = machine.usage()
+                machine.set_limit(usage + headroom_mib * MIB)
+                report["slice"] = {"cgroup": str(machine.path), "usage_at_boot": usage,
+                                   "limit": machine.limit_bytes}
+                config = _daemon_config(run_dir, machine, headroom_mib)
+                daemon = DaemonProcess(run_dir, config)
+                try:
+                    daemon.start(timeout=timeout)
+                    steps["daemon_ready"] = clock()
+                    maximum = domain.maxMemory() * 1024
+                    before = _actual(domain)
+                    machine.start_hog(hog_mib, rate_mib_s=rate_mib_s)
+                    steps["hog_started"] = clock()
+                    deadline = time.monotonic() + timeout
+                    while _actual(domain) >= maximum and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    after = _actual(domain)
+                    steps["balloon_inflated" if after < maximum else "gave_up"] = clock()
+                    report["status"] = daemon.status()
+                    records = daemon.audit()
+                    report["audit"] = [r for r in records if r.get("kind") == "round"
+                                       and r.get("actions")]
+                    report["events"] = _event_counts(records)
+                finally:
+                    daemon.stop()
+                    report["daemon_log"] = daemon.log()[-4000:]
+                report["balloon"] = {"max": maximum, "before": before, "after": after}
+                report["memory_events"] = machine.events()
             finally:
-                daemon.stop()
-                report["daemon_log"] = daemon.log()[-4000:]
-            report["balloon"] = {"max": maximum, "before": before, "after": after}
-            report["memory_events"] = machine.events()
+                if domain is not None:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        domain.destroy()
     finally:
-        if domain is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                domain.destroy()
         conn.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     report["steps"] = steps
@@ -322,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="check", required=True)
     psi = sub.add_parser("psi")
     psi.add_argument("--limit", type=int, default=64, help="MiB")
-    for level, default in (("low", "some 10ms 1s"), ("medium", "some 50ms 1s"),
+    for level, default in (("low", "some 10ms 1s"), ("medium", ""),
                            ("critical", "")):
         psi.add_argument(f"--{level}", default=default, help="trigger ('' for none)")
     mark = sub.add_parser("watermark")
