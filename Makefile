@@ -11,7 +11,7 @@ BASE_PYTHON ?= /usr/bin/python3
 # runs) is merely recommended by libvirt-clients.
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
 	libvirt-clients libxml2-utils qemu-system-x86 qemu-utils busybox-static cpio \
-	openssh-server openssh-client systemd git
+	openssh-server openssh-client systemd systemd-container git
 STAMP := .cache/stamps
 
 .PHONY: all deps venv image demo test test-unit test-integration bench lint ansible-check \

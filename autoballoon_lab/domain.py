@@ -35,6 +35,7 @@ def domain_xml(
     pvh_boot: bool = True,
     virtio_mem: VirtioMemConfig | None = None,
     balloon: bool = True,
+    partition: str | None = None,
 ) -> str:
     """A ``type='qemu'`` domain booting the lab kernel/initrd directly.
 
@@ -46,6 +47,8 @@ def domain_xml(
     ``virtio_mem`` adds a ``<memory model='virtio-mem'>`` device on NUMA node 0
     (libvirt requires a NUMA cell for memory devices); ``memory_mib`` is then
     the base memory. ``balloon=False`` leaves the balloon out (``model='none'``).
+    ``partition`` is libvirt's resource partition (``/machine/NAME``: on a
+    systemd host, the slice ``machine-NAME.slice``).
     """
     domain = ET.Element("domain", type="qemu")
     _sub(domain, "name", name)
@@ -58,6 +61,8 @@ def domain_xml(
     _sub(domain, "currentMemory", str(memory_mib + (virtio_mem.requested_mib if virtio_mem
                                                     else 0)), unit="MiB")
     _sub(domain, "vcpu", str(vcpus))
+    if partition is not None:
+        _sub(_sub(domain, "resource"), "partition", partition)
 
     os_element = _sub(domain, "os")
     _sub(os_element, "type", "hvm", arch="x86_64", machine="q35")

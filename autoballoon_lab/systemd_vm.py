@@ -39,7 +39,7 @@ from .cpio import CpioArchive
 from .errors import ImageBuildError, LabUnavailable
 from .image import WANTED_MODULES, download_package, find_busybox, kernel_package
 from .kmod import ModuleTree, decompressed
-from .paths import cache_dir
+from .paths import cache_dir, repo_root
 from .prereq import PROGRAMS
 
 FORMAT_VERSION = "1"
@@ -81,6 +81,13 @@ R=/newroot
 # means whiting out every file of the host's /tmp, one by one over 9p (minutes when
 # the host's /tmp is busy). The host's /tmp is none of the VM's business.
 mount -t tmpfs -o mode=1777,nosuid,nodev,size=25% tmpfs "$R/tmp" || fail "tmpfs on /tmp"
+# Host directories under /tmp the VM needs (a CI clone, its virtualenv): read-only binds.
+for keep in $(param ab.keep | tr , ' '); do
+    if [ -d "/lower$keep" ]; then
+        mkdir -p "$R$keep" && mount -o bind "/lower$keep" "$R$keep" \
+            || say "warning: cannot keep $keep visible"
+    fi
+done
 name=$(param ab.hostname || echo autoballoon-vm)
 echo "$name" >"$R/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$name" >"$R/etc/hosts"
@@ -210,6 +217,41 @@ def _ssh_ready(state: Path, key: Path, port: int) -> bool:
     return result.stdout.strip() in ("running", "degraded")
 
 
+def kept_paths() -> list[str]:
+    """Host directories the VM needs that its private ``/tmp`` would hide.
+
+    The repository, the lab cache and the virtualenv, when they live under
+    ``/tmp`` (a CI clone may): the init binds them read-only from the host root.
+    """
+    kept: list[str] = []
+    for path in (repo_root(), cache_dir(), Path(sys.prefix).resolve()):
+        text = str(path)
+        hidden = path == Path("/tmp") or Path("/tmp") in path.parents
+        if hidden and text not in kept and not any(c.isspace() or c == "," for c in text):
+            kept.append(text)
+    return kept
+
+
+def ssh_argv(connection: Connection, command: str) -> list[str]:
+    """The ``ssh`` command line that runs ``command`` (a shell line) in the VM."""
+    known_hosts = Path(connection.identity_file).parent / "known_hosts"
+    return ["ssh", "-i", connection.identity_file, "-p", str(connection.port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "LogLevel=ERROR",
+            f"{connection.user}@{connection.address}", command]
+
+
+def ssh(connection: Connection, command: str, *, timeout: float = 120.0,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in the VM over SSH; its output as text.
+
+    With ``check`` a non-zero exit raises ``CalledProcessError`` (its stderr
+    is in the exception).
+    """
+    return subprocess.run(ssh_argv(connection, command), capture_output=True, text=True,
+                          timeout=timeout, check=check, stdin=subprocess.DEVNULL)
+
+
 def unavailable_reason() -> str | None:
     """Why a systemd VM cannot run here, or None."""
     for binary in ("qemu-system-x86_64", "ssh", "ssh-keygen", "dpkg-deb"):
@@ -240,6 +282,9 @@ def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFA
     cmdline = " ".join(["console=ttyS0", "loglevel=4", "panic=-1", "net.ifnames=0",
                         "systemd.show_status=0", f"ab.hostname={hostname}",
                         f"ab.upper={upper_size}", f"ab.key={encoded}"])
+    kept = kept_paths()
+    if kept:
+        cmdline += f" ab.keep={','.join(kept)}"
     argv = [
         "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max",
         "-smp", str(cpus), "-m", str(memory_mib), "-name", hostname,

@@ -10,7 +10,6 @@ survives the deletion of the state directory (molecule deletes its own).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,23 +38,13 @@ def state(tmp_path: Path) -> Iterator[Path]:
         systemd_vm.stop(directory)
 
 
-def _ssh(connection: systemd_vm.Connection, state: Path, command: str) -> str:
-    result = subprocess.run(
-        ["ssh", "-i", connection.identity_file, "-p", str(connection.port),
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", f"UserKnownHostsFile={state / 'known_hosts'}",
-         f"{connection.user}@{connection.address}", command],
-        capture_output=True, text=True, timeout=120, check=True)
-    return result.stdout
-
-
 def test_the_vm_has_a_private_tmp(state: Path) -> None:
     _require_vm()
     with tempfile.NamedTemporaryFile(dir="/tmp", prefix="autoballoon-host-tmp-") as marker:
         connection = systemd_vm.start(state)
-        answer = _ssh(connection, state,
-                      f"findmnt -n -o FSTYPE --target /tmp; "
-                      f"test -e {marker.name} && echo visible || echo hidden")
+        answer = systemd_vm.ssh(connection,
+                                f"findmnt -n -o FSTYPE --target /tmp; "
+                                f"test -e {marker.name} && echo visible || echo hidden").stdout
         assert answer.split() == ["tmpfs", "hidden"], answer
         assert Path(marker.name).exists()
 

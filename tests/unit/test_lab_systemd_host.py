@@ -1,0 +1,52 @@
+"""The lab's systemd-host helpers, as pure logic (the real runs are in
+tests/integration/test_cgroup_v2_vm.py)."""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from autoballoon_lab import machine_slice, systemd_vm
+from autoballoon_lab.domain import domain_xml
+from autoballoon_lab.image import GuestImage
+
+
+def test_only_paths_under_tmp_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemd_vm, "repo_root", lambda: Path("/tmp/ci/clone"))
+    monkeypatch.setattr(systemd_vm, "cache_dir", lambda: Path("/tmp/ci/clone/.cache/lab"))
+    monkeypatch.setattr(sys, "prefix", "/srv/venv")
+    assert systemd_vm.kept_paths() == ["/tmp/ci/clone", "/tmp/ci/clone/.cache/lab"]
+    monkeypatch.setattr(systemd_vm, "repo_root", lambda: Path("/srv/autoballoon"))
+    monkeypatch.setattr(systemd_vm, "cache_dir", lambda: Path("/tmp/a,b"))
+    monkeypatch.setattr(sys, "prefix", "/tmpfoo/venv")
+    assert systemd_vm.kept_paths() == []  # a comma would split the list; /tmpfoo is not /tmp
+
+
+def test_the_init_binds_kept_paths_after_its_private_tmp() -> None:
+    script = systemd_vm.INIT_SCRIPT
+    assert script.index('tmpfs "$R/tmp"') < script.index('mount -o bind "/lower$keep"')
+
+
+def test_ssh_uses_the_state_dirs_known_hosts() -> None:
+    connection = systemd_vm.Connection("127.0.0.1", 2222, "root", "/state/id_ed25519", 1,
+                                       "/state/console.log", "/state/agent.sock")
+    argv = systemd_vm.ssh_argv(connection, "uname -r")
+    assert argv[0] == "ssh" and argv[-2:] == ["root@127.0.0.1", "uname -r"]
+    assert "UserKnownHostsFile=/state/known_hosts" in argv
+    assert argv[argv.index("-p") + 1] == "2222"
+
+
+def test_a_domain_can_be_placed_in_a_resource_partition() -> None:
+    image = GuestImage(Path("/k"), Path("/i"))
+    placed = ET.fromstring(domain_xml("g", image, partition="/machine/autoballoon"))
+    assert placed.findtext("resource/partition") == "/machine/autoballoon"
+    assert ET.fromstring(domain_xml("g", image)).find("resource") is None
+
+
+@pytest.mark.parametrize("name", ["Upper", "with-dash", "", "a.b"])
+def test_slice_names_are_plain(name: str) -> None:
+    with pytest.raises(ValueError, match="lower-case letters and digits"):
+        machine_slice.MachineSlice(name, 1 << 20)
