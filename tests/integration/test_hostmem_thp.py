@@ -41,29 +41,37 @@ CHILD = textwrap.dedent("""
 """)
 
 
+ATTEMPTS = 3
+"""A loaded or fragmented host may have no huge page free at a fault: try again."""
+
+
 def test_unmapped_huge_page_remains_count_as_available() -> None:
     require_memory_cgroup()
     require(THP.exists() and "[never]" not in THP.read_text(),
             "transparent huge pages are off: nothing is left behind to count")
-    with MemoryCgroup(256 * MiB) as cgroup:
-        child = spawn([sys.executable, "-c", CHILD], cgroup=cgroup, stdout=subprocess.PIPE)
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == b"ready"
-            usage = cgroup.usage()
-            stat = dict(line.split() for line in (cgroup.path / "memory.stat").read_text()
-                        .splitlines() if len(line.split()) == 2)
-            mapped = int(stat.get("total_rss", stat.get("rss", stat.get("anon", "0"))))
-            left_behind = usage - mapped
-            require(left_behind >= 32 * MiB,
-                    f"the kernel split the huge pages at once ({left_behind >> 20} MiB left):"
-                    " no huge pages were used")
-            memory = HostMemoryReader(str(cgroup.path)).read()
-            assert memory is not None and memory.total == 256 * MiB
-            naive = 256 * MiB - usage
-            # most of what was left behind counts (the kernel's own memory does not)
-            assert memory.available >= naive + left_behind - 8 * MiB, (
-                memory.available >> 20, naive >> 20, left_behind >> 20)
-        finally:
-            child.kill()
-            child.wait()
+    left_behind = 0
+    for _attempt in range(ATTEMPTS):
+        with MemoryCgroup(256 * MiB) as cgroup:
+            child = spawn([sys.executable, "-c", CHILD], cgroup=cgroup, stdout=subprocess.PIPE)
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline().strip() == b"ready"
+                usage = cgroup.usage()
+                stat = dict(line.split() for line in (cgroup.path / "memory.stat").read_text()
+                            .splitlines() if len(line.split()) == 2)
+                mapped = int(stat.get("total_rss", stat.get("rss", stat.get("anon", "0"))))
+                left_behind = usage - mapped
+                if left_behind < 32 * MiB:
+                    continue
+                memory = HostMemoryReader(str(cgroup.path)).read()
+                assert memory is not None and memory.total == 256 * MiB
+                naive = 256 * MiB - usage
+                # most of what was left behind counts (the kernel's own memory does not)
+                assert memory.available >= naive + left_behind - 8 * MiB, (
+                    memory.available >> 20, naive >> 20, left_behind >> 20)
+                return
+            finally:
+                child.kill()
+                child.wait()
+    require(False, f"the kernel split the huge pages at once ({left_behind >> 20} MiB left, "
+                   f"{ATTEMPTS} tries): no huge pages were used")
