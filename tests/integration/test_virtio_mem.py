@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,7 @@ from autoballoon_core.model import MiB, Outcome, PressureEvent, PressureLevel
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.qmp.backend import QMPBackend
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +34,7 @@ WAIT = 90.0
 
 image = test_qmp.image
 run_dir = test_qmp.run_dir
+backend_for = test_qmp.backend_for
 """The fixtures of test_qmp: the lab image, a short directory for the sockets."""
 
 StartGuest = Callable[..., LabGuest]
@@ -62,23 +62,6 @@ def vm_guest(image: GuestImage, run_dir: Path) -> Iterator[StartGuest]:
         guest.stop()
 
 
-@pytest.fixture
-async def backend(run_dir: Path) -> AsyncIterator[MakeBackend]:
-    backends: list[QMPBackend] = []
-
-    async def make(inventory: RecordingInventory) -> QMPBackend:
-        settings = QMPSettings(glob=str(run_dir / "*.qmp"), rescan_interval=0.2,
-                               guest=GuestSettings(stats_period=1.0, reconnect_max=1.0))
-        made = QMPBackend("qmp", settings)
-        backends.append(made)
-        await made.start(inventory)
-        return made
-
-    yield make
-    for made in backends:
-        await made.stop()
-
-
 async def _plugged(backend: QMPBackend, gid: str) -> int:
     """The device's plugged size as QEMU answers now (on the backend's connection)."""
     connection = backend.by_id[gid].connection
@@ -104,12 +87,12 @@ def _module_loaded(guest: LabGuest) -> None:
 
 
 async def test_qmp_plugs_in_blocks_and_the_balloon_takes_the_rest(
-    vm_guest: StartGuest, backend: MakeBackend
+    vm_guest: StartGuest, backend_for: MakeBackend
 ) -> None:
     guest = vm_guest("vmb")
     _module_loaded(guest)
     inventory = RecordingInventory()
-    made = await backend(inventory)
+    made = await backend_for(inventory)
     gid = "qmp:vmb"
     info = inventory.appeared[0]
     assert (info.max_bytes, info.actual_bytes, info.min_bytes) == (BASE + REGION, BASE, 0)
@@ -139,11 +122,11 @@ async def test_qmp_plugs_in_blocks_and_the_balloon_takes_the_rest(
 
 
 async def test_qmp_virtio_mem_alone_rounds_up_and_stops_at_base(
-    vm_guest: StartGuest, backend: MakeBackend
+    vm_guest: StartGuest, backend_for: MakeBackend
 ) -> None:
     vm_guest("vmo", balloon=False, requested_mib=128)
     inventory = RecordingInventory()
-    made = await backend(inventory)
+    made = await backend_for(inventory)
     gid = "qmp:vmo"
     info = inventory.appeared[0]
     # Adopted as it is: 128 MiB plugged at boot; without a balloon it cannot go below base.
