@@ -20,14 +20,20 @@ HOW MUCH and FROM WHOM, in this order:
    guest's grants are also bounded over time (``pressure_budget`` per
    minute) and by the idle memory the others can give (they are taxed of
    idle memory only, never of memory they use, unless the host is critical).
+   What cannot be paid now is reclaimed from the others' page caches only
+   beyond what the guest's own page cache can give: one guest's burst does
+   not empty its neighbours' caches.
 2. **Exposure above the headroom is cut**: guests' free memory above what each
    keeps (``guest_keep_free``) is ballooned, most free first. With free page
    reporting this frees nothing now, but a guest that then grows reclaims its
    own page cache first instead of the host's memory, and asks.
-3. **A deficit** (headroom below zero) is reclaimed from page caches: a
-   balloon that goes past a guest's free memory makes it drop cache, which
-   frees host memory. Guests with more cache give more (weighted water-filling,
-   an idle-memory tax in the spirit of VMware ESX); each keeps ``guest_keep``.
+3. **A deficit** (headroom below zero, counting only the part of the trend
+   the guests' own exposure does not explain: a guest growing into its free
+   memory is bounded by it, a host process is not) is reclaimed from page
+   caches: a balloon that goes past a guest's free memory makes it drop cache,
+   which frees host memory. Guests with more cache give more (weighted
+   water-filling, an idle-memory tax in the spirit of VMware ESX); each keeps
+   ``guest_keep``.
 4. **Critical host, idle memory exhausted**: guests above their weighted fair
    share are squeezed towards it.
 5. **Give back** as decisively as it takes: when headroom exceeds exposure by
@@ -40,7 +46,7 @@ Reasons state the figures the decision used.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from autoballoon_core import hookimpl
@@ -197,6 +203,9 @@ class HostView:
     on_way: float
     """Host memory the balloons on their way will still free."""
     critical: bool
+    fall_beyond_guests: bool = False
+    """``fall`` is only the part of the expected fall the guests' exposure does not
+    explain."""
 
     @property
     def headroom(self) -> float:
@@ -208,6 +217,8 @@ class HostView:
             text += f" + {mib(self.on_way)} on its way"
         if self.fall:
             text += f" - {mib(self.fall)} expected fall"
+            if self.fall_beyond_guests:
+                text += " beyond the guests' free memory"
         return text + f", reserve {mib(self.reserve)}"
 
 
@@ -243,8 +254,12 @@ class AutoBalloonPolicy(Policy):
             cut = self._cut_exposure(snapshot, plan, host, sum(asks.values()) - spare)
             spare += exposure - self._exposure(plan)
         granted = self._grant(plan, host, asks, max(0.0, spare))
-        spare -= granted
-        deficit = max(0.0, -host.headroom) + sum(asks.values()) - granted
+        spare -= sum(granted.values())
+        # only a fall beyond what the guests may still take is someone else's growth
+        # (a host process): the guests' own growth is bounded by their exposure
+        short = replace(host, fall=max(0.0, host.fall - self._exposure(plan)),
+                        fall_beyond_guests=True)
+        deficit = max(0.0, -short.headroom) + self._unpaid(plan, asks, granted)
         if not self.s.free_page_reporting:
             deficit = max(0.0, deficit - cut)  # free pages once touched are resident
         if trigger.kind is TriggerKind.HOST_PRESSURE:
@@ -252,7 +267,7 @@ class AutoBalloonPolicy(Policy):
                      PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
             deficit = max(deficit, share * host.total)
         if deficit > 0:
-            left = self._reclaim_cache(snapshot, plan, host, deficit, critical)
+            left = self._reclaim_cache(snapshot, plan, short, deficit, critical)
             if critical and left > 0:
                 self._squeeze(snapshot, plan, left)
             return self._decisions(plan)
@@ -350,13 +365,14 @@ class AutoBalloonPolicy(Policy):
         return asks
 
     def _grant(self, plan: Plan, host: HostView, asks: Mapping[GuestId, int],
-               room: float) -> int:
-        """Deflate guests under pressure, never beyond the spare headroom ``room``.
+               room: float) -> dict[GuestId, int]:
+        """Deflate guests under pressure, never beyond the spare headroom ``room``;
+        return what each was granted.
 
-        The most pressed first; what cannot be paid now is reclaimed this round and
-        granted when the guest asks again.
+        The most pressed first; what cannot be paid now is reclaimed this round (see
+        :meth:`_unpaid`) and granted when the guest asks again.
         """
-        total = 0
+        granted: dict[GuestId, int] = {}
         for gid in sorted(asks, key=lambda g: -plan.views[g].state.pressure):
             view = plan.views[gid]
             guest = view.state
@@ -371,8 +387,23 @@ class AutoBalloonPolicy(Policy):
             plan.move(gid, view.size + amount, f"autoballoon: {why}")
             self._grants.setdefault(gid, []).append((plan.now, amount))
             room -= amount
-            total += amount
-        return total
+            granted[gid] = amount
+        return granted
+
+    def _unpaid(self, plan: Plan, asks: Mapping[GuestId, int],
+                granted: Mapping[GuestId, int]) -> float:
+        """What the others' page caches must give for the asks not paid now.
+
+        A guest under pressure reclaims its own page cache above what it keeps before
+        its neighbours lose theirs: a burst in one guest does not empty the caches of
+        the others (they would have to read it all again), as a static cap would not.
+        """
+        unpaid = 0.0
+        for gid, asked in asks.items():
+            view = plan.views[gid]
+            own = max(0, view.cache - self._keep(view.size))
+            unpaid += max(0, asked - granted.get(gid, 0) - own)
+        return unpaid
 
     def _budget_left(self, guest: GuestState, now: float) -> float:
         recent = [(t, a) for t, a in self._grants.get(guest.id, []) if now - t < BUDGET_WINDOW]

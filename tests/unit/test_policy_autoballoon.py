@@ -317,3 +317,33 @@ def test_idle_guests_lend_free_memory_to_a_guest_that_used_its_own() -> None:
     poor = guest("idle", 16 * GiB, 8 * GiB, free=60 * MiB, caches=0)
     assert policy.decide(snapshot([reader, poor], total=TOTAL, available=5 * GiB + 60 * MiB),
                          tick()) == []
+
+
+def test_a_guest_under_pressure_reclaims_its_own_cache_before_its_neighbours() -> None:
+    idle = guest("b", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)
+    # no headroom: what is asked cannot be paid now
+    for own_cache, taken_from_b in ((3 * GiB, 0), (GiB, GiB + int(0.4 * GiB))):
+        hungry = guest("a", 8 * GiB, 4 * GiB, free=0, caches=own_cache,
+                       pressure=PressureLevel.MEDIUM, wanted=2 * GiB)
+        out = targets(make_policy("autoballoon").decide(
+            snapshot([hungry, idle], total=TOTAL, available=RESERVE), guest_event()))
+        # a keeps 10 % of its size (0.4 GiB) of its cache; only the rest of the ask that
+        # its own cache cannot cover is reclaimed from b's
+        assert abs((8 * GiB - out.get("t:b", 8 * GiB)) - taken_from_b) < 4 * MiB
+        assert "t:a" not in out
+
+
+def test_a_fall_the_growing_guests_free_memory_explains_reclaims_no_cache() -> None:
+    growing = guest("a", 16 * GiB, 8 * GiB, free=2 * GiB, caches=GiB,
+                    pressure=PressureLevel.LOW)
+    idle = guest("b", 16 * GiB, 8 * GiB, free=0, caches=4 * GiB)
+    calm = snapshot([growing, idle], total=TOTAL, available=RESERVE + int(2.5 * GiB))
+    # 3 GiB expected to go within the horizon: 2 GiB of it is a growing into its own
+    # free memory (a's balloon cannot move: it is under pressure); 1 GiB is planned for
+    assert "t:b" not in targets(make_policy("autoballoon").decide(
+        with_fall(calm, float(GiB)), tick()))
+    # falling faster than a's free memory explains: the rest is reclaimed from b's cache
+    [decision] = make_policy("autoballoon").decide(with_fall(calm, 2.0 * GiB), tick())
+    assert decision.guest == "t:b"
+    assert abs((8 * GiB - decision.target) - 1.5 * GiB) < 4 * MiB
+    assert "4096 MiB expected fall beyond the guests' free memory" in decision.reason
