@@ -259,15 +259,19 @@ class AutoBalloonPolicy(Policy):
         # (a host process): the guests' own growth is bounded by their exposure
         short = replace(host, fall=max(0.0, host.fall - self._exposure(plan)),
                         fall_beyond_guests=True)
-        deficit = max(0.0, -short.headroom) + self._unpaid(plan, asks, granted)
+        deficit = max(0.0, -short.headroom)
         if not self.s.free_page_reporting:
             deficit = max(0.0, deficit - cut)  # free pages once touched are resident
         if trigger.kind is TriggerKind.HOST_PRESSURE:
             share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
                      PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
             deficit = max(deficit, share * host.total)
-        if deficit > 0:
+        unpaid = self._unpaid(plan, asks, granted)
+        if deficit > 0 or unpaid > 0:
             left = self._reclaim_cache(snapshot, plan, short, deficit, critical)
+            if unpaid > 0:
+                left += self._reclaim_cache(snapshot, plan, short, unpaid, critical,
+                                            above_fair_share=not critical)
             if critical and left > 0:
                 self._squeeze(snapshot, plan, left)
             return self._decisions(plan)
@@ -459,8 +463,16 @@ class AutoBalloonPolicy(Policy):
     # -- 3. deficit from caches --------------------------------------------------------------
 
     def _reclaim_cache(self, snapshot: Snapshot, plan: Plan, host: HostView, deficit: float,
-                       critical: bool) -> float:
-        """Reclaim ``deficit`` from page caches; return what could not be placed."""
+                       critical: bool, above_fair_share: bool = False) -> float:
+        """Reclaim ``deficit`` from page caches; return what could not be placed.
+
+        For the host's own shortage every guest's cache is taxed. For a guest's
+        growth (``above_fair_share``) only guests above their weighted fair share give:
+        a guest within its share keeps its cache, as under a static cap.
+        """
+        if deficit <= 0:
+            return 0.0
+        fair = fair_shares(v.state for v in plan.views.values()) if above_fair_share else {}
         candidates = [v for v in plan.views.values()
                       if not under_pressure(v.state) and snapshot.time >= v.state.stalled_until
                       and v.state.weight > 0 and v.free is not None
@@ -469,26 +481,33 @@ class AutoBalloonPolicy(Policy):
         eat: dict[GuestId, float] = {}
         for view in candidates:
             gid = view.state.id
-            already = view.size - plan.target(gid)  # taken from free this round
+            already = max(0, view.size - plan.target(gid))  # taken this round, free first
             free_left = max(0, (view.free or 0) - already)
+            cache_left = max(0, view.cache - max(0, already - (view.free or 0)))
             keep = self._keep(view.size)
-            idle = free_left + view.cache
+            idle = free_left + cache_left
             if self.s.free_page_reporting:
                 # the balloon eats free memory first; only what follows frees host memory
                 eat[gid] = max(0.0, free_left - self.s.guest_keep_free)
-                cap = min(view.cache, idle - keep)
+                cap = min(cache_left, idle - keep)
             else:
                 eat[gid] = 0.0
                 cap = idle - keep
             room = plan.target(gid) - view.state.floor - eat[gid]
+            if above_fair_share:
+                room = min(room, plan.target(gid) - eat[gid] - fair[gid])
             caps[gid] = float(max(0.0, min(cap, room)))
         weight = {gid: plan.views[gid].state.weight for gid in caps}
         taken = water_fill(caps, weight, deficit)
+        why = (f"guests under pressure need {mib(deficit)} more than the host and their own "
+               f"caches can pay ({host.figures()})" if above_fair_share else
+               f"host short by {mib(deficit)} ({host.figures()})")
         for gid, amount in taken.items():
             view = plan.views[gid]
+            share = f" above its fair share {mib(fair[gid])}" if above_fair_share else ""
             plan.move(gid, int(plan.target(gid) - eat[gid] - amount),
-                      f"autoballoon: host short by {mib(deficit)} ({host.figures()}): "
-                      f"take {mib(amount)} of {mib(view.cache)} page cache")
+                      f"autoballoon: {why}: take {mib(amount)} of {mib(view.cache)} page "
+                      f"cache{share}")
         return deficit - sum(taken.values())
 
     # -- 4. critical squeeze --------------------------------------------------------------

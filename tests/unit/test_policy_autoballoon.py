@@ -347,3 +347,20 @@ def test_a_fall_the_growing_guests_free_memory_explains_reclaims_no_cache() -> N
     assert decision.guest == "t:b"
     assert abs((8 * GiB - decision.target) - 1.5 * GiB) < 4 * MiB
     assert "4096 MiB expected fall beyond the guests' free memory" in decision.reason
+
+
+def test_a_guests_growth_takes_cache_only_above_the_others_fair_shares() -> None:
+    hungry = guest("a", 8 * GiB, 4 * GiB, free=0, caches=0, pressure=PressureLevel.MEDIUM,
+                   wanted=2 * GiB)
+    others = [guest(n, 8 * GiB, 6 * GiB, free=0, caches=4 * GiB) for n in ("b", "c")]
+    calm = snapshot([hungry, *others], total=TOTAL, available=RESERVE)
+    out = targets(make_policy("autoballoon").decide(calm, guest_event()))
+    # fair share (4 + 6 + 6) / 3 GiB each: b and c give what they hold above it, no more
+    fair = 16 * GiB / 3
+    for gid in ("t:b", "t:c"):
+        assert abs(out[gid] - fair) < 4 * MiB
+    # the host itself short by 1.5 GiB: that is taxed from every cache, fair share or not
+    short = snapshot([hungry, *others], total=TOTAL, available=RESERVE - int(1.5 * GiB))
+    out = targets(make_policy("autoballoon").decide(short, guest_event()))
+    for gid in ("t:b", "t:c"):
+        assert abs(out[gid] - (6 * GiB - 0.75 * GiB)) < 4 * MiB
