@@ -93,8 +93,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("release_max_percent", Kind.FLOAT, 0.25,
            "Most given back per round in all, as a share of host memory.",
            minimum=0.0, maximum=1.0),
-    Option("guest_keep_free", Kind.SIZE, 16 * MiB,
-           "Free memory each guest keeps when its exposure is cut."),
+    Option("guest_keep_free", Kind.SIZE, 64 * MiB,
+           "Free memory each guest keeps when its exposure is cut; above the guest kernel's "
+           "high watermark, or every cut drops page cache instead (with transparent huge "
+           "pages Linux keeps about 45 MiB free even in a small guest)."),
     Option("guest_keep_percent", Kind.FLOAT, 0.10,
            "Idle memory (free + caches) each guest keeps when taxed, as a share of its "
            "current size.", minimum=0.0, maximum=1.0),

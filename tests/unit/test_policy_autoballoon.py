@@ -18,6 +18,7 @@ from autoballoon_core.model import (
 TOTAL = 100 * GiB
 RESERVE = 5 * GiB  # reserve_percent 0.05 of TOTAL
 BAND = 5 * GiB  # band_percent 0.05 of TOTAL
+KEEP_FREE = 64 * MiB  # guest_keep_free
 
 
 def tick(t: float = 0.0) -> Trigger:
@@ -60,7 +61,7 @@ def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
     cut = {gid: 16 * GiB - t for gid, t in out.items()}
     assert abs(sum(cut.values()) - 5 * GiB) < 4 * MiB
     assert cut["t:a"] > cut["t:b"]  # more free memory, more of it capped
-    assert all(c <= 8 * GiB - 16 * MiB for c in cut.values())  # each keeps some free
+    assert all(c <= 8 * GiB - KEEP_FREE for c in cut.values())  # each keeps some free
     assert all("cap free memory" in d.reason for d in policy.decide(
         snapshot(guests, total=TOTAL, available=10 * GiB), tick()))
 
@@ -99,8 +100,8 @@ def test_a_stalled_guests_free_memory_counts_in_full() -> None:
     out = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB,
                                          time=50.0), tick(50.0)))
     assert "t:a" not in out
-    assert abs(16 * GiB - out["t:b"] - (6 * GiB - 16 * MiB)) < 2 * MiB
-    assert abs(16 * GiB - out["t:c"] - (GiB - 16 * MiB)) < 2 * MiB
+    assert abs(16 * GiB - out["t:b"] - (6 * GiB - KEEP_FREE)) < 2 * MiB
+    assert abs(16 * GiB - out["t:c"] - (GiB - KEEP_FREE)) < 2 * MiB
     # once a can move again, only the largest free memory (a's) is covered
     later = targets(policy.decide(snapshot(guests, total=TOTAL, available=10 * GiB,
                                            time=150.0), tick(150.0)))
@@ -112,9 +113,9 @@ def test_a_level_cut_keeps_guest_keep_free() -> None:
     policy = make_policy("autoballoon", exposure_guests=2)
     guests = [guest("a", 16 * GiB, 16 * GiB, free=3 * GiB, caches=0),
               guest("b", 16 * GiB, 16 * GiB, free=3 * GiB, caches=0)]
-    # exposure 6 GiB, headroom 0: both keep guest_keep_free (16 MiB), no more
+    # exposure 6 GiB, headroom 0: both keep guest_keep_free, no more
     out = targets(policy.decide(snapshot(guests, total=TOTAL, available=5 * GiB), tick()))
-    assert all(abs(16 * GiB - t - (3 * GiB - 16 * MiB)) < 2 * MiB for t in out.values())
+    assert all(abs(16 * GiB - t - (3 * GiB - KEEP_FREE)) < 2 * MiB for t in out.values())
 
 
 def test_a_deficit_is_reclaimed_from_page_caches() -> None:
@@ -136,7 +137,7 @@ def test_with_free_page_reporting_the_balloon_eats_free_memory_before_cache() ->
     a = guest("a", 16 * GiB, 16 * GiB, free=2 * GiB, caches=6 * GiB)
     [decision] = policy.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
     # 1 GiB short: free memory (2 GiB, less 16 MiB kept) goes first, then 1 GiB of cache
-    assert abs((16 * GiB - decision.target) - (2 * GiB - 16 * MiB + GiB)) < 4 * MiB
+    assert abs((16 * GiB - decision.target) - (2 * GiB - KEEP_FREE + GiB)) < 4 * MiB
     without = make_policy("autoballoon", free_page_reporting=False)
     [plain] = without.decide(snapshot([a], total=TOTAL, available=4 * GiB), tick())
     # without FPR the free memory the guest touched once is resident: taking it frees it;
@@ -179,7 +180,7 @@ def test_pressure_grants_never_exceed_what_the_host_can_pay() -> None:
     policy = make_policy("autoballoon")
     out = targets(policy.decide(snapshot([hungry, exposed], total=TOTAL, available=6 * GiB),
                                 guest_event()))
-    assert 8 * GiB - out["t:c"] == 3 * GiB - 16 * MiB
+    assert 8 * GiB - out["t:c"] == 3 * GiB - KEEP_FREE
     assert 4 * GiB < out["t:a"] <= 5 * GiB
 
 
