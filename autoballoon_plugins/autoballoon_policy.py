@@ -245,7 +245,11 @@ class AutoBalloonPolicy(Policy):
             return self._decisions(plan)
         level = max(snapshot.host.level, trigger.level if trigger.kind is
                     TriggerKind.HOST_PRESSURE else PressureLevel.NONE)
-        critical = host.critical or level >= PressureLevel.CRITICAL
+        # a host event while the figures show more than the band above the reserve is
+        # the kernel reclaiming its own file cache in the cgroup, not a shortage (in the
+        # lab vmpressure said CRITICAL with a third of the cgroup available)
+        believed = host.available - host.reserve <= self.s.band_percent * host.total
+        critical = host.critical or (level >= PressureLevel.CRITICAL and believed)
         exposure = self._exposure(plan)
         # the trend and the exposure are one growth seen twice when guests grow into
         # their free memory: only a fall beyond the exposure is planned for on top
@@ -264,7 +268,7 @@ class AutoBalloonPolicy(Policy):
         deficit = max(0.0, -short.headroom)
         if not self.s.free_page_reporting:
             deficit = max(0.0, deficit - cut)  # free pages once touched are resident
-        if trigger.kind is TriggerKind.HOST_PRESSURE:
+        if trigger.kind is TriggerKind.HOST_PRESSURE and believed:
             share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
                      PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
             deficit = max(deficit, share * host.total)

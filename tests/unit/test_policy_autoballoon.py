@@ -228,13 +228,18 @@ def test_stalled_guests_are_not_asked() -> None:
                          tick(150.0)) != []
 
 
-def test_medium_host_event_reclaims_even_when_memavailable_looks_fine() -> None:
+def test_a_host_event_near_the_reserve_reclaims_though_memavailable_covers_it() -> None:
     policy = make_policy("autoballoon")
     guests = [guest("a", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)]
-    snap = snapshot(guests, total=TOTAL, available=12 * GiB, level=PressureLevel.MEDIUM)
+    # 4 GiB above the reserve, within the band: the event is believed
+    snap = snapshot(guests, total=TOTAL, available=9 * GiB, level=PressureLevel.MEDIUM)
     [decision] = policy.decide(snap, host_event(PressureLevel.MEDIUM))
     assert 8 * GiB - decision.target >= int(0.01 * TOTAL) - MiB
     assert policy.decide(snap, host_event(PressureLevel.LOW)) == []
+    # more than the band above the reserve: the kernel reclaiming its own file cache
+    calm = snapshot(guests, total=TOTAL, available=RESERVE + BAND + GiB,
+                    level=PressureLevel.CRITICAL)
+    assert policy.decide(calm, host_event(PressureLevel.CRITICAL)) == []
 
 
 def test_gives_back_decisively_and_to_the_needy_first() -> None:
