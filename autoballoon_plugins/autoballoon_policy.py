@@ -119,10 +119,10 @@ OPTIONS: tuple[Option, ...] = (
            "Free memory a guest that has used up its own is topped up to each round (from "
            "spare headroom first, then from other guests' free memory above this amount): "
            "free memory follows use.", minimum=0),
-    Option("exposure_guests", Kind.INT, 0,
+    Option("exposure_guests", Kind.INT, 1,
            "How many guests' free memory the headroom covers, the most free first (0: every "
-           "guest's). Fewer leaves guests more memory but relies on the trend when several "
-           "grow at once; 1 lost a QEMU in the lab when two balloons stalled.",
+           "guest's); guests whose balloon cannot move this round always count. Fewer leaves "
+           "guests more memory and relies on the trend when several grow at once.",
            minimum=0),
     Option("min_change", Kind.SIZE, 8 * MiB,
            "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),

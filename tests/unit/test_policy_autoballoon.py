@@ -53,7 +53,7 @@ def test_nothing_happens_while_the_host_can_pay_every_promise() -> None:
 
 
 def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
-    policy = make_policy("autoballoon")
+    policy = make_policy("autoballoon", exposure_guests=0)  # every guest's free memory
     guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
               guest("b", 16 * GiB, 16 * GiB, free=2 * GiB, caches=2 * GiB)]
     # headroom 10 - 5 = 5 GiB, exposure 10 GiB: 5 GiB of free memory is ballooned
@@ -67,7 +67,7 @@ def test_free_memory_the_host_cannot_pay_is_capped_not_reclaimed() -> None:
 
 
 def test_covering_one_guests_burst_caps_only_the_most_free() -> None:
-    policy = make_policy("autoballoon", exposure_guests=1)
+    policy = make_policy("autoballoon")  # the default covers one guest
     guests = [guest("a", 16 * GiB, 16 * GiB, free=8 * GiB, caches=2 * GiB),
               guest("b", 16 * GiB, 16 * GiB, free=2 * GiB, caches=2 * GiB)]
     # headroom 10 - 5 = 5 GiB; one guest's burst (a's 8 GiB free) is the exposure:
