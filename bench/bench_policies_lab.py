@@ -70,6 +70,8 @@ POLICIES = ("seed-fixed", "seed-levels", "mom", "proxmox", "autoballoon")
 CONFIGS = ("none", "fpr", "static", *POLICIES)
 STALL_SHARE = 0.97
 SAMPLE_PERIOD = 0.2
+IN_USE_WINDOW = 180.0
+"""Seconds over which every run's memory in use is averaged (see ``in_use_window_mean``)."""
 TB_SIZE_MIB = 32
 """TCG's translation cache, capped: uncapped it grew QEMU's own memory by 100-250 MiB
 per guest within minutes in the lab, memory no KVM host spends."""
@@ -110,6 +112,12 @@ class RunResult:
     """Mean sum of the guests' own memory in use (LRU: processes and page cache), each
     guest's latest ``IN-USE`` report sampled with the cgroup; a dead guest counts 0.
     0 in runs recorded before the guests reported it."""
+    guests_in_use_window_mib: float = 0.0
+    """The same sum averaged over the first :data:`IN_USE_WINDOW` seconds of every run
+    (a run that ended sooner holds its last figure): runs of different lengths compare
+    over the same time. 0 in runs recorded before it existed."""
+    in_use_samples: list[float] = field(default_factory=list)
+    """The sum at every one of ``samples``."""
     balloons_end_mib: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
@@ -257,6 +265,27 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
     result.duration_s = time.monotonic() - started
     result.guests_held_mib = sum(held) / len(held) if held else 0.0
     result.guests_in_use_mib = sum(in_use) / len(in_use) if in_use else 0.0
+    result.in_use_samples = [round(v, 1) for v in in_use]
+    result.guests_in_use_window_mib = in_use_window_mean(
+        [t for t, _u, _r in result.samples], in_use)
+
+
+def in_use_window_mean(times: list[float], values: list[float],
+                       window: float = IN_USE_WINDOW) -> float:
+    """Time-weighted mean of ``values`` sampled at ``times`` (seconds from the start)
+    over ``[0, window]``: each figure holds until the next sample, the last one until
+    ``window`` when the run was shorter; past ``window`` nothing counts.
+
+    A plain mean over each run's own length favours slow runs: a demand that takes
+    longer keeps the run in its fullest phase longer, and the run ends later.
+    """
+    if not values or window <= 0:
+        return 0.0
+    total = 0.0
+    for i, (start, value) in enumerate(zip(times, values, strict=True)):
+        end = times[i + 1] if i + 1 < len(times) else window
+        total += value * max(0.0, min(end, window) - min(start, window))
+    return total / window
 
 
 def balloon_sizes(lab: Lab) -> list[float | None]:
@@ -374,7 +403,7 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
 HEADERS = ("scenario", "config", "QEMU OOM-killed", "first death s", "escalation s",
            "guest OOM kills", "stall s (>=97%)", "demands done", "alloc time s",
            "inflates", "deflates", "moved MiB", "mean MiB", "peak MiB", "peak anon MiB",
-           "guests held MiB", "guests in use MiB",
+           "guests held MiB", "guests in use MiB", "in use, first 180 s MiB",
            "balloons at end MiB")
 
 
@@ -400,7 +429,9 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
             str(r.inflates) if r.daemon else "-", str(r.deflates) if r.daemon else "-",
             f"{r.moved_mib:.0f}" if r.daemon else "-", f"{r.mean_usage_mib:.0f}",
             f"{r.peak_usage_mib:.0f}", f"{r.peak_anon_mib:.0f}", f"{r.guests_held_mib:.0f}",
-            f"{r.guests_in_use_mib:.0f}" if r.guests_in_use_mib else "-", balloons or "-",
+            f"{r.guests_in_use_mib:.0f}" if r.guests_in_use_mib else "-",
+            f"{r.guests_in_use_window_mib:.0f}" if r.guests_in_use_window_mib else "-",
+            balloons or "-",
         ])
     return rows
 

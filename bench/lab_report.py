@@ -7,11 +7,14 @@ Targets, per scenario:
   OOM kills in every run, and its guests kept more memory in use on average
   (their processes and page cache, as the guests report it) than the static cap
   when that cap also kept every guest alive (in all its runs). The memory in use is
-  averaged over the runs that report it; when one side has no such run (runs
-  recorded before guests reported it) the QEMUs' resident memory of all runs is
-  compared instead, which also counts free pages a guest holds unreported;
-* too much demand: no ``autoballoon`` run lost more QEMUs than no ballooning did,
-  and every run escalated before its first death (or had none);
+  averaged over the same first 180 s of every run (``guests_in_use_window_mib``),
+  over the runs that report it; when one side has no such run, the mean over each
+  run's own length (``guests_in_use_mib``, which favours slower runs), and when one
+  side has none of that either (runs recorded before guests reported it) the QEMUs'
+  resident memory of all runs, which also counts free pages a guest holds
+  unreported;
+* too much demand: no ``autoballoon`` run lost more QEMUs than the best run of no
+  ballooning, and every run escalated before its first death (or had none);
 * every other configuration ran at least once.
 """
 
@@ -91,16 +94,22 @@ def summarize(runs: Iterable[Run]) -> list[Summary]:
     return summaries
 
 
+KEPT_FIGURES = (
+    ("guests_in_use_window_mib", "kept in use over the first 180 s"),
+    ("guests_in_use_mib", "kept in use (mean over each run's length)"),
+    ("guests_held_mib", "held (resident)"),
+)
+
+
 def kept_memory(ours: list[Run], theirs: list[Run]) -> tuple[str, float, float]:
-    """The figure both groups have and its means: memory in use over the runs that
-    report it when both groups have such runs, else resident memory over all runs."""
-    mine = [r for r in ours if r.get("guests_in_use_mib")]
-    yours = [r for r in theirs if r.get("guests_in_use_mib")]
-    key, what = "guests_in_use_mib", "kept in use"
-    if not mine or not yours:
-        mine, yours, key, what = list(ours), list(theirs), "guests_held_mib", "held (resident)"
-    return (what, sum(float(r[key]) for r in mine) / len(mine),
-            sum(float(r[key]) for r in yours) / len(yours))
+    """The best figure both groups have and its means over the runs that have it:
+    memory in use over a common window, else over each run's length, else resident."""
+    for key, what in KEPT_FIGURES:
+        mine = [float(r[key]) for r in ours if r.get(key)]
+        yours = [float(r[key]) for r in theirs if r.get(key)]
+        if mine and yours:
+            return what, sum(mine) / len(mine), sum(yours) / len(yours)
+    return "held (resident)", 0.0, 0.0
 
 
 def verdict(scenario: str, grouped: Mapping[tuple[str, str], list[Run]],

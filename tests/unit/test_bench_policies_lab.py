@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_policies_lab import demand_times, last_in_use_mib, parse_options
+from bench.bench_policies_lab import (
+    demand_times,
+    in_use_window_mean,
+    last_in_use_mib,
+    parse_options,
+)
 
 KERNEL = "[   12.345678] virtio_balloon virtio2: Out of puff! Can't get 1 pages\n"
 
@@ -37,3 +42,12 @@ def test_policy_options_are_key_value_pairs_in_toml_syntax() -> None:
     for bad in ("exposure_guests", "=1", "exposure_guests="):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_options([bad])
+
+
+def test_in_use_is_averaged_over_a_common_window() -> None:
+    # each figure holds until the next sample; a short run holds its last figure
+    assert in_use_window_mean([0.0, 10.0], [100.0, 300.0], window=20.0) == 200.0
+    assert in_use_window_mean([0.0, 10.0], [100.0, 300.0], window=40.0) == 250.0
+    # a longer run is cut at the window
+    assert in_use_window_mean([0.0, 10.0, 30.0], [100.0, 300.0, 900.0], window=20.0) == 200.0
+    assert in_use_window_mean([], [], window=20.0) == 0.0
