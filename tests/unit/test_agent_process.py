@@ -58,7 +58,7 @@ def _check39(candidate: str | None) -> str | None:
         return None
     try:
         out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=20)
+                             capture_output=True, text=True, timeout=120)
     except OSError:
         return None
     return candidate if out.returncode == 0 and out.stdout.strip() == "(3, 9)" else None
