@@ -8,10 +8,11 @@ BASE_PYTHON ?= /usr/bin/python3
 # programs is autoballoon_lab/prereq.py PROGRAMS; tests/unit/test_prereq.py checks
 # it against this line). --no-install-recommends is deliberate, so nothing that is
 # only recommended may be relied on: libxml2-utils (xmllint, which virt-xml-validate
-# runs) is merely recommended by libvirt-clients.
+# runs) is merely recommended by libvirt-clients. debootstrap builds the Debian 13
+# root of molecule's second VM (autoballoon_lab/debian_root.py).
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system \
 	libvirt-clients libxml2-utils qemu-system-x86 qemu-utils busybox-static cpio \
-	openssh-server openssh-client systemd systemd-container git
+	openssh-server openssh-client systemd systemd-container git debootstrap
 STAMP := .cache/stamps
 
 .PHONY: all deps venv image demo test test-unit test-integration bench lint ansible-check \

@@ -5,6 +5,13 @@ Copies ``ansible_collection/`` into an ``ansible_collections/autoballoon/kvm``
 tree under ``.cache/ansible-test/tree`` (ansible-test only runs from such a
 path) and runs there, in order:
 
+Sanity and units run once for each supported ansible-core release of the
+matrix (:data:`CORE_VERSIONS`, or the ``--core`` given), each from its own
+virtualenv ``.cache/ansible-test/core-<version>`` holding only that
+ansible-core (created and filled by this tool on first use, reused after)
+and in its own tree ``.cache/ansible-test/tree-<version>``; integration and
+the lints run once, with the ansible-core of the Python running this tool.
+
 1. ``ansible-test sanity`` (the controller and target Python given by
    ``--python``, default 3.11), with ``--venv --requirements``: ansible-test
    installs each test's pinned requirements from PyPI into its own cached
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +62,11 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "outpu
                                  ".ruff_cache",
                                  "*.tar.gz")
 STEPS = ("sanity", "units", "integration", "lint", "molecule-lint")
+CORE_STEPS = ("sanity", "units")
+"""The steps run once per ansible-core of the matrix."""
+CORE_VERSIONS = ("2.18", "2.19")
+"""The ansible-core releases the collection supports and is tested with (``requires_ansible``:
+2.18 or later; 2.20 needs Python 3.12 on the controller)."""
 CACHE_HOME = ROOT / ".cache" / "ansible-test"
 TREE_BASE = CACHE_HOME / "tree"
 KEPT = ("tests", "output")  # ansible-test's output, with the units virtualenv
@@ -150,9 +163,9 @@ def install_tarball(base: Path, source: Path = COLLECTION) -> Path:
     return collections
 
 
-def tool(name: str) -> str:
-    """The executable ``name`` beside this Python first, then on PATH."""
-    beside = Path(sys.executable).parent / name
+def tool(name: str, bindir: Path | None = None) -> str:
+    """The executable ``name`` in ``bindir`` (default: beside this Python) first, then on PATH."""
+    beside = (bindir or Path(sys.executable).parent) / name
     if beside.exists():
         return str(beside)
     found = shutil.which(name)
@@ -161,14 +174,15 @@ def tool(name: str) -> str:
     return found
 
 
-def commands(python: str) -> dict[str, list[str]]:
+def commands(python: str, bindir: Path | None = None) -> dict[str, list[str]]:
+    """Each step's command line; ansible-test from ``bindir`` (an ansible-core of the matrix)."""
+    test = tool("ansible-test", bindir)
     return {
         # sanity: this Python runs ansible-test; each test gets its own cached venv.
-        "sanity": [tool("ansible-test"), "sanity", "--python", python, "--local", "--color",
-                   "no"],
+        "sanity": [test, "sanity", "--python", python, "--local", "--color", "no"],
         # units: a fresh venv with ansible-test's pinned pytest and the collection's
         # tests/unit/requirements.txt (pip's cache under CACHE_HOME makes reruns quick).
-        "units": [tool("ansible-test"), "units", "--python", python, "--venv", "--requirements",
+        "units": [test, "units", "--python", python, "--venv", "--requirements",
                   "--color", "no"],
         # integration: tests/integration/targets, on this machine (libvirt's test
         # driver; a real autoballoond from this Python's environment).
@@ -182,13 +196,20 @@ def commands(python: str) -> dict[str, list[str]]:
     }
 
 
-def seed_get_pip(home: Path, python: str) -> Path:
-    """Put the pip bootstrap stand-in where ansible-test looks for its cached get-pip."""
-    from types import SimpleNamespace
+PIP_VERSION_PROBE = (
+    "import sys; from types import SimpleNamespace; "
+    "from ansible_test._internal import python_requirements as r; "
+    "print(r.get_venv_packages(SimpleNamespace(version=sys.argv[1]))['pip'])")
 
-    from ansible_test._internal import python_requirements  # type: ignore[import-untyped]
 
-    version = python_requirements.get_venv_packages(SimpleNamespace(version=python))["pip"]
+def seed_get_pip(home: Path, python: str, interpreter: str = sys.executable) -> Path:
+    """Put the pip bootstrap stand-in where ansible-test looks for its cached get-pip.
+
+    ``interpreter`` is the Python whose ansible-test will run (its release pins
+    the pip version, which names the cached file).
+    """
+    version = subprocess.run([interpreter, "-c", PIP_VERSION_PROBE, python], check=True,
+                             capture_output=True, text=True).stdout.strip()
     path = home / ".ansible" / "test" / "cache" / f"get_pip_{version.replace('.', '_')}.py"
     if not path.exists() or path.read_text() != GET_PIP_STANDIN:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,11 +217,32 @@ def seed_get_pip(home: Path, python: str) -> Path:
     return path
 
 
-def environment(base: Path) -> dict[str, str]:
+def core_venv(version: str, home: Path = CACHE_HOME) -> Path:
+    """The virtualenv holding ansible-core ``version`` (e.g. ``2.18``): created and filled
+    from the package index on first use (the newest ``version.*``), reused after.
+
+    Returns its ``bin`` directory.
+    """
+    venv = home / f"core-{version}"
+    spec = f"ansible-core=={version}.*"
+    stamp = venv / "autoballoon-installed"
+    if stamp.is_file() and stamp.read_text() == spec and (venv / "bin" / "ansible-test").exists():
+        return venv / "bin"
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                           "--disable-pip-version-check", spec], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install {spec} into {venv} failed:\n{proc.stderr[-3000:]}")
+    stamp.write_text(spec)
+    return venv / "bin"
+
+
+def environment(base: Path, bindir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["HOME"] = str(CACHE_HOME)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PATH"] = str(bindir or Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(base)
     env.setdefault("ANSIBLE_LOCAL_TEMP", str(base / ".ansible-tmp"))
     env.setdefault("ANSIBLE_HOME", str(base / ".ansible-home"))
@@ -230,40 +272,66 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def run(steps: Sequence[str], python: str, keep: bool) -> int:
+def run_steps(base: Path, steps: Sequence[str], python: str,
+              bindir: Path | None = None, label: str = "") -> list[str]:
+    """Run ``steps`` in the tree under ``base`` with the ansible-core of ``bindir``
+    (default: this Python's); return the steps that failed."""
+    tree = refresh_tree(base)
+    if shutil.which("git"):  # ansible-test then lists exactly the collection's files
+        subprocess.run(["git", "init", "-q", str(tree)], check=False)
+        (tree / ".git" / "info").mkdir(parents=True, exist_ok=True)
+        (tree / ".git" / "info" / "exclude").write_text("/tests/output/\n")
+        subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
+    env = environment(base, bindir)
+    interpreter = str(bindir / "python") if bindir else sys.executable
+    if any(step in CORE_STEPS for step in steps):
+        seed_get_pip(CACHE_HOME, python, interpreter)
+    todo = commands(python, bindir)
+    failed: list[str] = []
+    for step in steps:
+        name = f"{step}{label}"
+        started = time.monotonic()
+        print(f"== {name}: {' '.join(todo[step])}", flush=True)
+        cwd = ROOT if step == "molecule-lint" else tree
+        result = subprocess.run(todo[step], cwd=cwd, env=env, check=False)
+        took = time.monotonic() - started
+        status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
+        print(f"== {name}: {status} in {took:.1f} s", flush=True)
+        if result.returncode != 0:
+            failed.append(name)
+    return failed
+
+
+def run(steps: Sequence[str], python: str, keep: bool,
+        cores: Sequence[str] = CORE_VERSIONS) -> int:
+    """Sanity and units for each ansible-core of ``cores``, then the other steps once."""
     import fcntl
 
-    base = TREE_BASE
-    base.mkdir(parents=True, exist_ok=True)
+    CACHE_HOME.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
-    with (base.parent / "tree.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses the tree
-        tree = refresh_tree(base)
-        if shutil.which("git"):  # ansible-test then lists exactly the collection's files
-            subprocess.run(["git", "init", "-q", str(tree)], check=False)
-            (tree / ".git" / "info").mkdir(parents=True, exist_ok=True)
-            (tree / ".git" / "info" / "exclude").write_text("/tests/output/\n")
-            subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
-        env = environment(base)
-        seed_get_pip(CACHE_HOME, python)
+    trees: list[Path] = []
+    with (CACHE_HOME / "tree.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses the trees
         seed_pip_config(CACHE_HOME, os.environ)
         try:
-            todo = commands(python)
+            core_steps = [step for step in steps if step in CORE_STEPS]
+            for core in cores if core_steps else ():
+                started = time.monotonic()
+                bindir = core_venv(core)
+                print(f"== ansible-core {core}: {bindir.parent} "
+                      f"ready in {time.monotonic() - started:.1f} s", flush=True)
+                trees.append(CACHE_HOME / f"tree-{core}")
+                failed += run_steps(trees[-1], core_steps, python, bindir,
+                                    f" [ansible-core {core}]")
+            other = [step for step in steps if step not in CORE_STEPS]
+            if other:
+                trees.append(TREE_BASE)
+                failed += run_steps(TREE_BASE, other, python)
         except FileNotFoundError as exc:
             print(f"ansible_checks: {exc}", file=sys.stderr)
             return 2
-        for step in steps:
-            started = time.monotonic()
-            print(f"== {step}: {' '.join(todo[step])}", flush=True)
-            cwd = ROOT if step == "molecule-lint" else tree
-            result = subprocess.run(todo[step], cwd=cwd, env=env, check=False)
-            took = time.monotonic() - started
-            status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
-            print(f"== {step}: {status} in {took:.1f} s", flush=True)
-            if result.returncode != 0:
-                failed.append(step)
     if keep:
-        print(f"ansible_checks: the tree is {tree}")
+        print(f"ansible_checks: the trees are {', '.join(map(str, trees))}")
     if failed:
         print(f"ansible_checks: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -276,10 +344,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default="3.11", help="Python version for ansible-test")
     parser.add_argument("--only", choices=STEPS, action="append",
                         help="run only this step (repeatable)")
+    parser.add_argument("--core", action="append", metavar="VERSION",
+                        help="run sanity and units with this ansible-core release only, e.g. "
+                             f"2.18 (repeatable; default: {', '.join(CORE_VERSIONS)})")
     parser.add_argument("--keep", action="store_true",
-                        help="print where the tree is (it is always kept, in the cache)")
+                        help="print where the trees are (they are always kept, in the cache)")
     args = parser.parse_args(argv)
-    return run(args.only or list(STEPS), args.python, args.keep)
+    for core in args.core or ():
+        if not re.fullmatch(r"[0-9]+\.[0-9]+", core):
+            parser.error(f"--core {core!r}: give a release as MAJOR.MINOR, e.g. 2.18")
+    return run(args.only or list(STEPS), args.python, args.keep, args.core or CORE_VERSIONS)
 
 
 if __name__ == "__main__":

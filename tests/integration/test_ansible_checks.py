@@ -1,4 +1,5 @@
-"""``tools/ansible_checks.py``: ansible-test sanity, units and ansible-lint all pass.
+"""``tools/ansible_checks.py``: ansible-test sanity and units (for each supported
+ansible-core), integration and ansible-lint all pass.
 
 Slow the first time (ansible-test installs each sanity test's pinned
 requirements, and the units' requirements, from PyPI into virtualenvs cached
@@ -20,17 +21,30 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_collection_checks_pass() -> None:
+def _checks(*args: str) -> subprocess.CompletedProcess[str]:
     bindir = Path(sys.executable).parent
     if not (bindir / "ansible-test").exists() or not (bindir / "ansible-lint").exists():
         pytest.fail("ansible-test / ansible-lint missing: install the project's extra 'ansible'")
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ansible_checks.py")],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ansible_checks.py"), *args],
                           capture_output=True, text=True, env=env, timeout=1500, check=False)
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("==")]
-    print("\n".join(summary))
+    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("==")))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "ansible_checks: all passed" in proc.stdout
+    return proc
+
+
+@pytest.mark.parametrize("core", ansible_checks().CORE_VERSIONS)
+def test_sanity_and_units_pass_with_each_supported_ansible_core(core: str) -> None:
+    """The CI matrix: each supported ansible-core, from its own virtualenv, runs both."""
+    proc = _checks("--core", core, "--only", "sanity", "--only", "units")
+    for step in ("sanity", "units"):
+        assert f"== {step} [ansible-core {core}]: ok" in proc.stdout, proc.stdout[-3000:]
+    assert f"core-{core}" in proc.stdout  # ansible-test of that virtualenv ran
+
+
+def test_collection_integration_and_lint_pass() -> None:
+    _checks("--only", "integration", "--only", "lint", "--only", "molecule-lint")
 
 
 def test_pip_standin_installs_through_pip_conf(tmp_path: Path) -> None:

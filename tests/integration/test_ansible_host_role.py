@@ -47,6 +47,7 @@ def play(base: Path, work: Path, extra: dict[str, Any], *,
         "autoballoon_python": sys.executable,
         "autoballoon_config_dir": str(work / "etc"),
         "autoballoon_libvirt_hooks_dir": str(work / "hooks"),
+        "autoballoon_monitoring_check_path": str(work / "plugins" / "check_autoballoon"),
         "autoballoon_libvirt_restart_on_hook_change": False,
         "autoballoon_service_state": "stopped",
         **extra,
@@ -92,6 +93,10 @@ def test_configure_renders_a_valid_file_idempotently(collections_path: Path,
     source = HOOK.read_text().splitlines(keepends=True)
     assert hook.read_text() == f"#!{sys.executable}\n" + "".join(source[1:])
     assert os.access(hook, os.X_OK)
+    check_plugin = tmp_path / "plugins" / "check_autoballoon"
+    assert check_plugin.read_bytes() == (ROOT / "hooks" / "monitoring" /
+                                         "check_autoballoon").read_bytes()
+    assert os.access(check_plugin, os.X_OK)
 
     again = play(collections_path, tmp_path, SETTINGS)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -1,4 +1,5 @@
-"""Files the collection ships as copies: the guest agent and its unit, the licence."""
+"""Files the collection ships as copies: the guest agent and its unit, the monitoring
+check, the licence."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def test_collection_ships_the_licence() -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
     assert (ROOT / "ansible_collection" / "LICENSE").read_text() == text
+
+
+def test_role_ships_the_same_monitoring_check() -> None:
+    shipped = ROOT / "ansible_collection" / "roles" / "host" / "files" / "check_autoballoon"
+    assert shipped.read_bytes() == \
+        (ROOT / "hooks" / "monitoring" / "check_autoballoon").read_bytes(), \
+        "roles/host/files/check_autoballoon must be a copy of hooks/monitoring/check_autoballoon"

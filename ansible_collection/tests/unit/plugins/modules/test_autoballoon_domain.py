@@ -11,8 +11,8 @@ import json
 import uuid
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.autoballoon.kvm.plugins.modules import autoballoon_domain
+from ansible_collections.autoballoon.kvm.tests.unit.compat.module_args import patch_module_args
 
 libvirt = pytest.importorskip("libvirt")
 

@@ -14,8 +14,8 @@ import tempfile
 import threading
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.autoballoon.kvm.plugins.modules import autoballoon_info
+from ansible_collections.autoballoon.kvm.tests.unit.compat.module_args import patch_module_args
 
 STATUS = {
     "policy": "seed-levels",
