@@ -34,8 +34,10 @@ import contextlib
 import json
 import logging
 import math
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,6 +583,26 @@ class QMPSimulator:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
+
+
+@contextlib.contextmanager
+def child_process(directory: Path, count: int, prefix: str = "sim") -> Iterator[None]:
+    """Serve ``count`` simulated guests in ``directory`` from a child process.
+
+    Returns once the sockets answer; the child is stopped (by its PID) on exit.
+    """
+    sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir",
+                            str(directory), "--count", str(count), "--prefix", prefix],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        line = sim.stdout.readline()
+        if not line.startswith("serving"):
+            raise RuntimeError(f"the QMP simulator did not start: {line!r}")
+        yield
+    finally:
+        sim.terminate()
+        sim.wait(10)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from autoballoon_lab import qmpsim
 from autoballoon_lab.daemonproc import DaemonProcess
 
 pytestmark = pytest.mark.integration
@@ -26,15 +25,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="abaud-"))  # short: unix socket paths
-    sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir", str(path),
-                            "--count", "1", "--prefix", "g"], stdout=subprocess.PIPE, text=True)
     try:
-        assert sim.stdout is not None
-        assert sim.stdout.readline().startswith("serving")
-        yield path
+        with qmpsim.child_process(path, 1, prefix="g"):
+            yield path
     finally:
-        sim.terminate()
-        sim.wait(10)
         shutil.rmtree(path, ignore_errors=True)
 
 
