@@ -19,8 +19,6 @@ import pytest
 from autoballoon_lab import qmpsim
 from autoballoon_lab.daemonproc import DaemonProcess
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:

@@ -30,8 +30,6 @@ from autoballoon_core.daemon import EXIT_START, Daemon
 from autoballoon_lab import qmpsim
 from autoballoon_lab.daemonproc import DaemonProcess
 
-pytestmark = pytest.mark.integration
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
