@@ -91,6 +91,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self._stop = asyncio.Event()
         self._release_on_exit = False
+        self._closing = False
         """Set on a clean stop: give the guests their memory back (``[guards]``)."""
         self._reload_lock = asyncio.Lock()
         self.engine.notices.append(self._engine_notice)
@@ -107,12 +108,14 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await self._open(stack)
+                self.notifier.ready(self._summary())
+                log.info("autoballoond %s running: %s", __version__, self._summary())
+                await self._stop.wait()
             except _CannotStart as exc:
                 log.error("%s", exc)
                 return EXIT_START
-            self.notifier.ready(self._summary())
-            log.info("autoballoond %s running: %s", __version__, self._summary())
-            await self._stop.wait()
+            finally:
+                self._closing = True  # no reload starts while the parts close
             log.info("stopping")
             self.notifier.stopping()
             self._release_on_exit = bool(self.engine.config.guards["release_on_exit"])
@@ -128,6 +131,12 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
             stack.callback(loop.remove_signal_handler, signum)
+        # the group waits for its tasks when the stack closes it, after everything below
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        # SIGHUP is handled from the start (its default action would end the daemon);
+        # the handler goes before the group closes, so no reload starts in a closed group
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup, tasks)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         stack.callback(self._close_audit)
         self._open_audit(self.loaded.config.daemon)
         try:
@@ -152,13 +161,13 @@ class Daemon:
             await self.control.start()
         except (OSError, RuntimeError, ValueError) as exc:
             raise _CannotStart(f"cannot open the control socket: {exc}") from exc
-        tasks = await stack.enter_async_context(asyncio.TaskGroup())
         if self.notifier.watchdog_interval:
             watchdog = tasks.create_task(self._watchdog(), name="watchdog")
-            stack.callback(watchdog.cancel)  # runs before the group waits for its tasks
-        loop.add_signal_handler(signal.SIGHUP, lambda: tasks.create_task(
-            self.reload(), name="reload"))
-        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+            stack.callback(watchdog.cancel)  # before the group waits for its tasks
+
+    def _on_sighup(self, tasks: asyncio.TaskGroup) -> None:
+        if not self._closing:
+            tasks.create_task(self.reload(), name="reload")
 
     async def _stop_engine(self) -> None:
         await self.engine.stop(release=self._release_on_exit)
@@ -229,6 +238,8 @@ class Daemon:
 
     async def reload(self) -> dict[str, Any]:
         async with self._reload_lock:
+            if self._closing:
+                return {"reloaded": False, "error": "the daemon is stopping"}
             self.notifier.reloading()
             try:
                 config = bootstrap.reload(self.loaded, self.path, overrides=self.overrides)

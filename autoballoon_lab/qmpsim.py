@@ -34,8 +34,10 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -586,23 +588,30 @@ class QMPSimulator:
 
 
 @contextlib.contextmanager
-def child_process(directory: Path, count: int, prefix: str = "sim") -> Iterator[None]:
-    """Serve ``count`` simulated guests in ``directory`` from a child process.
+def child_process(count: int, prefix: str = "sim", tmp_prefix: str = "qmpsim-"
+                  ) -> Iterator[Path]:
+    """Serve ``count`` simulated guests from a child process, in a new temporary directory.
 
-    Returns once the sockets answer; the child is stopped (by its PID) on exit.
+    Yields the directory (short, under the system's temporary directory: unix socket
+    paths are short) once the sockets answer; the child is stopped (by its PID) and
+    the directory removed on exit.
     """
-    sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir",
-                            str(directory), "--count", str(count), "--prefix", prefix],
-                           stdout=subprocess.PIPE, text=True)
+    directory = Path(tempfile.mkdtemp(prefix=tmp_prefix))
     try:
-        assert sim.stdout is not None
-        line = sim.stdout.readline()
-        if not line.startswith("serving"):
-            raise RuntimeError(f"the QMP simulator did not start: {line!r}")
-        yield
+        sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir",
+                                str(directory), "--count", str(count), "--prefix", prefix],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert sim.stdout is not None
+            line = sim.stdout.readline()
+            if not line.startswith("serving"):
+                raise RuntimeError(f"the QMP simulator did not start: {line!r}")
+            yield directory
+        finally:
+            sim.terminate()
+            sim.wait(10)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:

@@ -7,9 +7,7 @@ subject is the daemon's audit file, not a guest.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +20,8 @@ from autoballoon_lab.daemonproc import DaemonProcess
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="abaud-"))  # short: unix socket paths
-    try:
-        with qmpsim.child_process(path, 1, prefix="g"):
-            yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with qmpsim.child_process(1, prefix="g", tmp_prefix="abaud-") as path:
+        yield path
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

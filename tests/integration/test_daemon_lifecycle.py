@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,12 +34,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ablife-"))  # short: unix socket paths
-    try:
-        with qmpsim.child_process(path, 2, prefix="g"):
-            yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with qmpsim.child_process(2, prefix="g", tmp_prefix="ablife-") as path:
+        yield path
 
 
 def free_port() -> int:
@@ -94,15 +89,23 @@ class Leftovers:
     """Signals the loop still had a handler of the daemon's for."""
 
 
-def run_daemon(config: Path, *, stop_after: float | None = None) -> Leftovers:
-    """``Daemon.run`` on a fresh loop; what it left open when it returned."""
+def run_daemon(config: Path, *, stop_after: float | None = None,
+               sighup_after: float | None = None) -> Leftovers:
+    """``Daemon.run`` on a fresh loop; what it left open when it returned.
+
+    ``sighup_after``: send this process SIGHUP then (the daemon handles it from
+    its start; the loop and its timers end with the run, so no signal comes later).
+    """
 
     async def main() -> Leftovers:
         before_fds = open_fds()
         before_threads = set(threading.enumerate())
         daemon = Daemon(bootstrap.load(config), config, {})
+        loop = asyncio.get_running_loop()
+        if sighup_after is not None:
+            loop.call_later(sighup_after, os.kill, os.getpid(), signal.SIGHUP)
         if stop_after is not None:
-            asyncio.get_running_loop().call_later(stop_after, daemon._stop.set)
+            loop.call_later(stop_after, daemon._stop.set)
         code = await daemon.run()
         await asyncio.sleep(0)  # a callback scheduled by a close gets its turn
         me = asyncio.current_task()
@@ -149,11 +152,14 @@ def test_a_source_that_cannot_open_leaves_nothing_open(run_dir: Path) -> None:
     assert_nothing_left(left, port, run_dir / "audit.jsonl")
 
 
-def test_a_clean_stop_leaves_nothing_open(run_dir: Path) -> None:
+def test_a_clean_stop_after_a_reload_leaves_nothing_open(
+        run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     config = write_config(run_dir, port)
-    left = run_daemon(config, stop_after=2.0)
+    with caplog.at_level(logging.INFO, logger="autoballoon.daemon"):
+        left = run_daemon(config, sighup_after=1.0, stop_after=3.0)
     assert left.code == 0
     assert left.guests == 2
+    assert "configuration reloaded" in caplog.text  # the SIGHUP's reload task ran
     assert_nothing_left(left, port, run_dir / "audit.jsonl")
     assert not (run_dir / "control.sock").exists()
