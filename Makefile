@@ -47,14 +47,15 @@ image: deps
 demo: deps
 	$(PY) -m autoballoon_lab.demo $(DEMO_ARGS)
 
+# the stages are the sessions of noxfile.py (docs/testing.md)
 test: deps
-	$(PY) tools/run_tests.py
+	$(PY) -m nox
 
 test-unit: deps
-	$(PY) -m pytest -q -x tests/unit
+	$(PY) -m nox -s unit
 
 test-integration: deps
-	$(PY) -m pytest -q -m integration tests/integration tests/e2e
+	$(PY) -m nox --no-dependencies -s integration end_to_end
 
 bench: deps
 	$(PY) -m bench $(BENCH)

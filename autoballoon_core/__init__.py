@@ -2,5 +2,8 @@
 
 from autoballoon_core.plugins import hookimpl
 
-__all__ = ["hookimpl"]
-__version__ = "0.1.0"
+# One version for the whole distribution, written once: in the guest agent's file,
+# because that file is copied into guests on its own and must carry it itself.
+from autoballoon_guest.agent import __version__
+
+__all__ = ["__version__", "hookimpl"]

@@ -85,10 +85,12 @@ class ControlServer:
         os.chmod(self.path, mode)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Stop listening and remove the socket file (only if it was serving)."""
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

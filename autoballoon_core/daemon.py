@@ -27,7 +27,6 @@ from autoballoon_core.audit import AuditLog
 from autoballoon_core.config import ConfigError
 from autoballoon_core.control import CommandRefused, ControlServer
 from autoballoon_core.engine import MAX_NAME, Engine
-from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.notify import Notifier
 from autoballoon_core.plugins import PluginError
 from autoballoon_core.steering import MAX_DURATION, Refused
@@ -38,6 +37,10 @@ log = logging.getLogger("autoballoon.daemon")
 
 EXIT_CONFIG = 2
 EXIT_START = 3
+
+
+class _CannotStart(Exception):
+    """A part of the daemon cannot start; the message says which and why."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,62 +90,87 @@ class Daemon:
         self.metrics: Any = None
         self.control: ControlServer | None = None
         self._stop = asyncio.Event()
+        self._release_on_exit = False
+        self._closing = False
+        """Set on a clean stop: give the guests their memory back (``[guards]``)."""
         self._reload_lock = asyncio.Lock()
         self.engine.notices.append(self._engine_notice)
 
     async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 on a clean stop, :data:`EXIT_START` if a part fails.
+
+        Everything opened here (signal handlers, the audit log, the metrics
+        endpoint, the engine's sources and backends, the control socket, the
+        watchdog and reload tasks) is entered into one
+        :class:`contextlib.AsyncExitStack`, so it is closed in reverse order on
+        every way out: a clean stop, a part that cannot start, or an exception.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await self._open(stack)
+                self.notifier.ready(self._summary())
+                log.info("autoballoond %s running: %s", __version__, self._summary())
+                await self._stop.wait()
+            except _CannotStart as exc:
+                log.error("%s", exc)
+                return EXIT_START
+            finally:
+                self._closing = True  # no reload starts while the parts close
+            log.info("stopping")
+            self.notifier.stopping()
+            self._release_on_exit = bool(self.engine.config.guards["release_on_exit"])
+        return 0
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open every part, each with its closing pushed onto ``stack``.
+
+        Raises :class:`_CannotStart` for a part that cannot start; the stack
+        then closes what was opened before it.
+        """
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            stack.callback(loop.remove_signal_handler, signum)
+        # the group waits for its tasks when the stack closes it, after everything below
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        # SIGHUP is handled from the start (its default action would end the daemon);
+        # the handler goes before the group closes, so no reload starts in a closed group
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup, tasks)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        stack.callback(self._close_audit)
         self._open_audit(self.loaded.config.daemon)
         try:
             self.metrics = self._install_metrics()
         except (OSError, ImportError) as exc:
-            log.error("cannot serve metrics: %s", exc)
-            return EXIT_START
+            raise _CannotStart(f"cannot serve metrics: {exc}") from exc
+        stack.callback(self._close_metrics)
+        # the engine's stop also closes what a failed start had opened already
+        stack.push_async_callback(self._stop_engine)
         try:
             await self.engine.start()
-        except SourceUnavailable as exc:
-            log.error("cannot start: %s", exc)
-            self._close_metrics()
-            return EXIT_START
         except Exception as exc:
-            log.error("cannot start: %s", exc)
-            await self.engine.stop()
-            self._close_metrics()
-            return EXIT_START
+            raise _CannotStart(f"cannot start: {exc}") from exc
+        self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
+            "ping": self._ping, "status": self._status, "explain": self._explain,
+            "reload": self._reload_command, "hint": self._hint, "set": self._set,
+            "manage": self._manage, "unmanage": self._unmanage, "pause": self._pause,
+            "resume": self._resume,
+        }, access=AccessTable.from_options(self.loaded.config.daemon), refused=self._refused)
+        stack.push_async_callback(self.control.stop)
         try:
-            self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
-                "ping": self._ping, "status": self._status, "explain": self._explain,
-                "reload": self._reload_command, "hint": self._hint, "set": self._set,
-                "manage": self._manage, "unmanage": self._unmanage, "pause": self._pause,
-                "resume": self._resume,
-            }, access=AccessTable.from_options(self.loaded.config.daemon),
-                refused=self._refused)
             await self.control.start()
         except (OSError, RuntimeError, ValueError) as exc:
-            log.error("cannot open the control socket: %s", exc)
-            self._close_metrics()
-            await self.engine.stop()
-            return EXIT_START
-        watchdog = None
+            raise _CannotStart(f"cannot open the control socket: {exc}") from exc
         if self.notifier.watchdog_interval:
-            watchdog = asyncio.create_task(self._watchdog())
-        self.notifier.ready(self._summary())
-        log.info("autoballoond %s running: %s", __version__, self._summary())
-        await self._stop.wait()
-        log.info("stopping")
-        self.notifier.stopping()
-        if watchdog is not None:
-            watchdog.cancel()
-        assert self.control is not None
-        await self.control.stop()
-        await self.engine.stop(release=self.engine.config.guards["release_on_exit"])
-        self._close_metrics()
-        if self.audit is not None:
-            self.audit.close()
-        return 0
+            watchdog = tasks.create_task(self._watchdog(), name="watchdog")
+            stack.callback(watchdog.cancel)  # before the group waits for its tasks
+
+    def _on_sighup(self, tasks: asyncio.TaskGroup) -> None:
+        if not self._closing:
+            tasks.create_task(self.reload(), name="reload")
+
+    async def _stop_engine(self) -> None:
+        await self.engine.stop(release=self._release_on_exit)
 
     async def release(self, settle: float = 3.0) -> int:
         """One shot: adopt every guest as it is, release in guarded steps, exit.
@@ -191,21 +219,27 @@ class Daemon:
                 + (", DRY RUN" if self.engine.dry_run else "")
                 + (", PAUSED" if self.engine.paused else ""))
 
+    def _close_audit(self) -> None:
+        if self.audit is not None:
+            self.loaded.manager.unregister(self.audit)
+            self.audit.close()
+            self.audit = None
+
     def _open_audit(self, settings: Any) -> None:
         path = settings["audit_log"]
         if self.audit is not None:
             if str(self.audit.path) == path:
                 self.audit.configure(settings)  # new limits; reopened (logrotate's SIGHUP)
                 return
-            self.loaded.manager.unregister(self.audit)
-            self.audit.close()
-            self.audit = None
+            self._close_audit()
         if path:
             self.audit = AuditLog(path, settings)
             self.loaded.manager.register(self.audit, name="audit-log")
 
     async def reload(self) -> dict[str, Any]:
         async with self._reload_lock:
+            if self._closing:
+                return {"reloaded": False, "error": "the daemon is stopping"}
             self.notifier.reloading()
             try:
                 config = bootstrap.reload(self.loaded, self.path, overrides=self.overrides)

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -203,14 +203,6 @@ class Engine:
         return self.core.guard
 
     @property
-    def host_pressure_hold(self) -> float:
-        return self.core.settings.host_pressure_hold
-
-    @property
-    def guest_pressure_hold(self) -> float:
-        return self.core.settings.guest_pressure_hold
-
-    @property
     def actuator_timeout(self) -> float:
         return float(self.config.engine["actuator_timeout"])
 
@@ -282,13 +274,13 @@ class Engine:
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=self.actuator_timeout)
+        await _cancel(pending)  # those still waiting for an answer
         for backend in self.backends.values():
             try:
                 await backend.stop()
             except Exception:
                 log.exception("backend %s failed to stop", backend.name)
-        for task in list(self._tasks):
-            task.cancel()
+        await _cancel(self._tasks)
         await self.escalation_runner.close()
 
     async def _close_sources(self) -> None:
@@ -604,6 +596,14 @@ class Engine:
             "counters": dataclasses.asdict(self.counters),
             "time": snapshot.time,
         }
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished (none is left running)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _manual_status(manual: ManualTarget, now: float) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from autoballoon_core.model import (
     Snapshot,
     Trigger,
     TriggerKind,
+    Veto,
 )
 from autoballoon_core.steering import Entry, Pause, Refused, Steering
 
@@ -492,12 +493,13 @@ class EngineCore:
             if state is not None:
                 entry = self.steering.verdict_entry(
                     snapshot, trigger, decision, verdict.previous, verdict.target,
-                    verdict.veto, reserve)
-                self.steering.record(state.id, entry, pending=not verdict.veto)
-            if verdict.veto or state is None:
+                    verdict.why, reserve)
+                self.steering.record(state.id, entry, pending=verdict.approved)
+            if not verdict.approved or state is None:
                 vetoed.append(Action(decision.guest, decision.target, verdict.target,
                                      verdict.previous, decision.reason, Outcome.VETOED,
-                                     verdict.veto or "guest vanished"))
+                                     verdict.why or "guest vanished",
+                                     veto=verdict.veto or Veto.VANISHED))
                 continue
             self._record_launch(state, decision, verdict.target, now)
             launches.append(Launch(state.id, decision, verdict.previous, verdict.target))

@@ -15,8 +15,8 @@ not answer in time yields only the hook-fed metrics and
 
 Label cardinality is bounded: guest ids are labels of gauges only; event
 sources, policies and reading names are capped (:data:`MAX_LABEL_VALUES`,
-beyond which they count as ``other``); decision reasons (free text) are bucketed
-into a fixed set of kinds (:func:`reason_kind`).
+beyond which they count as ``other``); decisions are counted by kind
+(:func:`reason_kind`: a direction or the guard's :class:`~autoballoon_core.model.Veto`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -42,6 +42,7 @@ from autoballoon_core.model import (
     RoundRecord,
     Snapshot,
     TriggerKind,
+    Veto,
 )
 from autoballoon_core.plugins import hookimpl
 
@@ -64,40 +65,16 @@ OTHER = "other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
-VETO_CLASSES: tuple[tuple[str, str], ...] = (
-    ("second decision", "duplicate"),
-    ("not managed", "unmanaged"),
-    ("unreachable", "unreachable"),
-    ("in flight", "in-flight"),
-    ("memory pressure", "guest-pressure"),
-    ("stalled", "stalled"),
-    ("cooldown", "cooldown"),
-    ("min_change", "min-change"),
-    ("unknown guest", "unknown-guest"),
-    ("vanished", "vanished"),
-)
-"""Substring of a veto text -> its class (the safety guard's and the engine's vetoes)."""
-
 REASON_KINDS: tuple[str, ...] = (
-    "inflate", "deflate", "hold",
-    *(f"veto-{cls}" for _text, cls in VETO_CLASSES), "veto-other",
+    "inflate", "deflate", "hold", *(f"veto-{veto.value}" for veto in Veto), "veto-other",
 )
 """Every value the ``reason_kind`` label can take."""
 
 
-def veto_class(text: str) -> str:
-    """The bounded class of a veto's free text (``other`` for unknown texts)."""
-    lowered = text.lower()
-    for needle, cls in VETO_CLASSES:
-        if needle in lowered:
-            return cls
-    return OTHER
-
-
 def reason_kind(action: Action) -> str:
-    """What kind of decision an action was: direction, or veto class. Bounded."""
+    """What kind of decision an action was: direction, or the guard's veto. Bounded."""
     if action.outcome is Outcome.VETOED:
-        return f"veto-{veto_class(action.error)}"
+        return f"veto-{action.veto.value if action.veto else OTHER}"
     if action.target < action.previous:
         return "inflate"
     if action.target > action.previous:
@@ -196,7 +173,6 @@ class Metrics:
         self._loop_thread: int | None = None
         self._sources = _Capped()
         self._policies = _Capped()
-        self._host_levels: dict[str, tuple[PressureLevel, float]] = {}
         self._agent = _AgentTotals()
         self.events = Counter(
             "autoballoon_events", "Pressure events received, by source and level.",
@@ -244,11 +220,6 @@ class Metrics:
             if source != OTHER:
                 self._event_children[key] = child
         child.inc()
-        if event.guest is None:
-            if event.level:
-                self._host_levels[self._sources(event.source)] = (event.level, event.time)
-            else:
-                self._host_levels.pop(self._sources(event.source), None)
 
     @hookimpl
     def autoballoon_round(self, record: RoundRecord, snapshot: Snapshot) -> None:
@@ -304,29 +275,23 @@ class Metrics:
 
     def _host_families(self, now: float) -> list[Metric]:
         engine = self.engine
-        hold = engine.host_pressure_hold
-        for source, (_level, seen) in list(self._host_levels.items()):
-            if now - seen > hold:
-                del self._host_levels[source]
+        held = engine.core.host_levels(now)  # the engine's own levels, its hold applied
         per_source = _gauge("autoballoon_host_pressure_level",
                             "Host pressure level each source reports now (0 none .. 3 "
                             "critical; cleared after host_pressure_hold).", ["source"])
-        shown: set[str] = set()
+        levels: dict[str, PressureLevel] = {}
         for name in list(engine.sources):
             spec = engine.registry.sources.get(name)
-            if spec is not None and spec.guest_scoped:
-                continue
+            if spec is None or not spec.guest_scoped:
+                levels[self._sources(name)] = PressureLevel.NONE
+        for name, level in held.items():
             label = self._sources(name)
-            shown.add(label)
-            level = self._host_levels.get(label, (PressureLevel.NONE, 0.0))[0]
+            levels[label] = max(levels.get(label, PressureLevel.NONE), level)
+        for label, level in levels.items():
             per_source.add_metric([label], float(level))
-        for label, (level, _seen) in self._host_levels.items():
-            if label not in shown:
-                per_source.add_metric([label], float(level))
         combined = _gauge("autoballoon_host_pressure_combined_level",
                           "The engine's host level: the highest any source reports now.")
-        combined.add_metric([], float(max((lvl for lvl, _t in self._host_levels.values()),
-                                          default=PressureLevel.NONE)))
+        combined.add_metric([], float(max(held.values(), default=PressureLevel.NONE)))
         readings = _gauge("autoballoon_source_reading",
                           "Named figures of each source (e.g. psi.some.avg10).",
                           ["source", "name"])
@@ -385,7 +350,6 @@ class Metrics:
                               "1 when the engine may act on the guest.", labels),
         }
         count = _gauge("autoballoon_guests", "Guests in the inventory.")
-        hold = engine.guest_pressure_hold
         guests = list(engine.guests.values())
         for state in guests:
             key = [state.id]
@@ -394,8 +358,7 @@ class Metrics:
             if state.target_bytes is not None:
                 gauges["target"].add_metric(key, float(state.target_bytes))
             gauges["floor"].add_metric(key, float(state.floor))
-            level = state.pressure if now - state.pressure_time <= hold else PressureLevel.NONE
-            gauges["pressure"].add_metric(key, float(level))
+            gauges["pressure"].add_metric(key, float(engine.core.guest_level(state, now)))
             gauges["reachable"].add_metric(key, 1.0 if state.reachable else 0.0)
             gauges["managed"].add_metric(key, 1.0 if state.managed else 0.0)
         count.add_metric([], float(len(guests)))
@@ -489,7 +452,3 @@ def uninstall(manager: pluggy.PluginManager, metrics: Metrics) -> None:
     if manager.is_registered(metrics):
         manager.unregister(metrics)
 
-
-def iter_families(metrics: Metrics) -> Iterator[Metric]:
-    """Every family the registry would expose now (for tests and ``status``)."""
-    yield from metrics.registry.collect()

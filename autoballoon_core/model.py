@@ -241,6 +241,29 @@ class Outcome(enum.Enum):
     VETOED = "vetoed"
 
 
+class Veto(enum.Enum):
+    """Why a decision was refused: a bounded set (metrics count by it).
+
+    The refusal's text (:attr:`Action.error`) explains it to a reader; code
+    and labels use this.
+    """
+
+    DUPLICATE = "duplicate"
+    """A second decision for the same guest in one round."""
+    UNMANAGED = "unmanaged"
+    UNREACHABLE = "unreachable"
+    IN_FLIGHT = "in-flight"
+    """A command for the guest is still in flight."""
+    GUEST_PRESSURE = "guest-pressure"
+    """The guest reports memory pressure: it is not inflated."""
+    STALLED = "stalled"
+    COOLDOWN = "cooldown"
+    MIN_CHANGE = "min-change"
+    UNKNOWN_GUEST = "unknown-guest"
+    VANISHED = "vanished"
+    """The guest left the inventory before its command could go out."""
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """What became of one decision after the safety guard and the actuator."""
@@ -254,10 +277,8 @@ class Action:
     error: str = ""
     issued: float = 0.0
     """Monotonic time the command was handed to the backend (0 if never)."""
-
-    @property
-    def delta(self) -> int:
-        return self.target - self.previous
+    veto: Veto | None = None
+    """Why it was refused, when ``outcome`` is ``VETOED``."""
 
 
 @dataclass(frozen=True, slots=True)

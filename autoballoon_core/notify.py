@@ -1,4 +1,4 @@
-"""sd_notify(3) without libsystemd: READY, RELOADING, STOPPING, WATCHDOG, STATUS."""
+"""sd_notify(3) without libsystemd: READY (with STATUS), RELOADING, STOPPING, WATCHDOG."""
 
 from __future__ import annotations
 
@@ -19,10 +19,6 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         watchdog = usec.isdigit() and (not pid or pid == str(os.getpid()))
         self.watchdog_interval = int(usec) / 2e6 if watchdog else 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def send(self, *lines: str) -> bool:
         if not self.address:
@@ -46,6 +42,3 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")
-
-    def status(self, text: str) -> bool:
-        return self.send(f"STATUS={text}")

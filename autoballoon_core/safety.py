@@ -10,7 +10,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoballoon_core.model import Decision, GuestState, Origin, PressureLevel, Snapshot
+from autoballoon_core.model import (
+    Decision,
+    GuestState,
+    Origin,
+    PressureLevel,
+    Snapshot,
+    Veto,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +58,13 @@ class Review:
     decision: Decision
     previous: int
     target: int
-    veto: str = ""
+    veto: Veto | None = None
+    why: str = ""
+    """The veto explained to an operator (empty when approved)."""
 
     @property
     def approved(self) -> bool:
-        return not self.veto
+        return self.veto is None
 
 
 def current_target(guest: GuestState) -> int:
@@ -96,7 +105,7 @@ def review(
     for decision in decisions:
         guest = snapshot.guests.get(decision.guest)
         if guest is None:
-            verdicts.append(Review(decision, 0, 0, "unknown guest"))
+            verdicts.append(Review(decision, 0, 0, Veto.UNKNOWN_GUEST, "unknown guest"))
             continue
         previous = current_target(guest)
         verdicts.append(_review_one(settings, guest, decision, previous, now, seen, in_flight,
@@ -115,17 +124,17 @@ def _review_one(
     in_flight: frozenset[str],
     fair: float | None = None,
 ) -> Review:
-    def veto(why: str) -> Review:
-        return Review(decision, previous, previous, why)
+    def veto(kind: Veto, why: str) -> Review:
+        return Review(decision, previous, previous, kind, why)
 
     if decision.guest in seen:
-        return veto("a second decision for the same guest in one round")
+        return veto(Veto.DUPLICATE, "a second decision for the same guest in one round")
     if not guest.managed:
-        return veto("guest is not managed")
+        return veto(Veto.UNMANAGED, "guest is not managed")
     if not guest.reachable:
-        return veto("guest is unreachable")
+        return veto(Veto.UNREACHABLE, "guest is unreachable")
     if decision.guest in in_flight:
-        return veto("a command for this guest is still in flight")
+        return veto(Veto.IN_FLIGHT, "a command for this guest is still in flight")
     target = clamp(settings, guest, decision.target, previous)
     inflating = target < previous
     # the one exception: a claimant holding more than its fair share of a host at
@@ -134,20 +143,21 @@ def _review_one(
     # deflate-on-oom)
     if inflating and under_pressure(guest) and (
             fair is None or target < fair or guest.last_action == "adopted"):
-        return veto("guest reports memory pressure: never inflated while it lasts"
+        return veto(Veto.GUEST_PRESSURE,
+                    "guest reports memory pressure: never inflated while it lasts"
                     + ("" if fair is None else
                        " below its fair share or after deflating itself"))
     if inflating and now < guest.stalled_until:
-        return veto("balloon stalled: backing off")
+        return veto(Veto.STALLED, "balloon stalled: backing off")
     if (decision.origin is not Origin.STALL and guest.last_action_time is not None
             and now - guest.last_action_time < settings.cooldown):
         rose = guest.pressure_rose_time
         pressure_rose = under_pressure(guest) and rose is not None and (
             rose > guest.last_action_time)
         if inflating or not pressure_rose:
-            return veto("cooldown")
+            return veto(Veto.COOLDOWN, "cooldown")
     if abs(target - previous) < max(settings.min_change, 1):
-        return veto("change below min_change")
+        return veto(Veto.MIN_CHANGE, "change below min_change")
     return Review(decision, previous, target)
 
 

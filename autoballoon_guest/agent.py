@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __version__ = "0.1.0"
+"""The version of the whole distribution (pyproject.toml and the core read it here)."""
 AGENT = "autoballoon-guest/" + __version__
 PROTOCOL_VERSION = 1
 DEFAULT_PORT_NAME = "org.autoballoon.agent.0"

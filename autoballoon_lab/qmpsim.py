@@ -34,8 +34,12 @@ import contextlib
 import json
 import logging
 import math
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,6 +585,33 @@ class QMPSimulator:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
+
+
+@contextlib.contextmanager
+def child_process(count: int, prefix: str = "sim", tmp_prefix: str = "qmpsim-"
+                  ) -> Iterator[Path]:
+    """Serve ``count`` simulated guests from a child process, in a new temporary directory.
+
+    Yields the directory (short, under the system's temporary directory: unix socket
+    paths are short) once the sockets answer; the child is stopped (by its PID) and
+    the directory removed on exit.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    try:
+        sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir",
+                                str(directory), "--count", str(count), "--prefix", prefix],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert sim.stdout is not None
+            line = sim.stdout.readline()
+            if not line.startswith("serving"):
+                raise RuntimeError(f"the QMP simulator did not start: {line!r}")
+            yield directory
+        finally:
+            sim.terminate()
+            sim.wait(10)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:

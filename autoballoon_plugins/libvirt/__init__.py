@@ -45,7 +45,7 @@ OPTIONS: tuple[Option, ...] = (
 def create(context: PluginContext) -> Backend:
     from .backend import LibvirtBackend  # imports libvirt only when enabled
 
-    return LibvirtBackend(context.name, context.options, context)
+    return LibvirtBackend(context.name, context.options)
 
 
 @hookimpl

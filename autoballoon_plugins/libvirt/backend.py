@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from autoballoon_core.interfaces import ActuatorError, Backend, Inventory, PluginContext
+from autoballoon_core.interfaces import ActuatorError, Backend, Inventory
 from autoballoon_core.model import GuestId
 from autoballoon_plugins.virtio_mem import MemoryLayout, plan
 
@@ -59,6 +59,10 @@ class _Domain:
     facts: DomainFacts | None = None
     reported: bool = False
     managed: bool = True
+    """False when the domain opts out in its own metadata (``managed="no"``): never
+    touched. Everything else about who is managed (``[guests]`` overrides, reloads, an
+    operator's manage/unmanage) is the engine's, which sends no target to a guest it
+    does not manage; the backend keeps no copy of the configuration to re-derive it."""
     skipped: str = ""
     migrating: bool = False
     unreachable: str = ""
@@ -82,15 +86,13 @@ class _Counters:
 class LibvirtBackend(Backend):
     """Follows the active domains of one libvirt URI and sets their balloons."""
 
-    def __init__(self, name: str, options: Mapping[str, Any], context: PluginContext | None = None
-                 ) -> None:
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
         self.uri: str = options["uri"]
         self.stats_period: float = options["stats_period"]
         self.reconnect_max: float = options["reconnect_max"]
         self.workers: int = options["workers"]
         self.virtio_mem: bool = options.get("virtio_mem", True) is not False
-        self._context = context
         self.state = "stopped"
         self.counters = _Counters()
         self._domains: dict[str, _Domain] = {}
@@ -295,7 +297,7 @@ class LibvirtBackend(Backend):
                 self._report_reachable(domain, False, "migrating")
             return
         info = guest_info(self.name, facts, self.virtio_mem)
-        domain.managed = self._effective_managed(domain, facts)
+        domain.managed = facts.metadata.managed is not False
         domain.layout = facts.layout(self.virtio_mem)
         domain.actual = info.actual_bytes
         assert self._inventory is not None
@@ -306,15 +308,6 @@ class LibvirtBackend(Backend):
             period = math.ceil(self.stats_period)
             if facts.stats_period != period:
                 self._spawn(self._set_stats_period(domain, period))
-
-    def _effective_managed(self, domain: _Domain, facts: DomainFacts) -> bool:
-        if facts.metadata.managed is not None:
-            return facts.metadata.managed
-        if self._context is not None:
-            override = self._context.config.guest_override(domain.guest, domain.name)
-            if override.managed is not None:
-                return override.managed
-        return True
 
     def _report_reachable(self, domain: _Domain, reachable: bool, why: str = "") -> None:
         domain.unreachable = "" if reachable else (why or "unreachable")

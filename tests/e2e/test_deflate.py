@@ -33,8 +33,6 @@ from autoballoon_lab.guestinit import CMD_EXIT
 from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 from autoballoon_lab.prereq import require_lab
 
-pytestmark = pytest.mark.integration
-
 GUEST_MIB = 768
 INFLATED_MIB = 320
 WORKLOAD_MIB = 420

@@ -24,8 +24,6 @@ from autoballoon_lab.guestinit import CMD_EXIT
 from autoballoon_lab.paths import host_python
 from autoballoon_lab.prereq import require_lab
 
-pytestmark = pytest.mark.integration
-
 WORKLOAD = """
 import time
 def available():

@@ -25,8 +25,6 @@ from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 from autoballoon_lab.prereq import require_lab
 
-pytestmark = pytest.mark.integration
-
 GUEST_MIB = 512
 DEMAND_MIB = 400
 LIMIT_MIB = 900

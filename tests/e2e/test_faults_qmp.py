@@ -23,8 +23,6 @@ from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.prereq import require_lab
 from autoballoon_lab.spawn import spawn
 
-pytestmark = pytest.mark.integration
-
 MiB = 1 << 20
 GUEST_MIB = 512
 FLOOR = 256 * MiB

@@ -25,8 +25,6 @@ from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.prereq import require_lab
 from autoballoon_lab.spawn import spawn
 
-pytestmark = pytest.mark.integration
-
 MiB = 1 << 20
 STEP = 16 * MiB
 FLOOR = 456 * MiB

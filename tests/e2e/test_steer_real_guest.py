@@ -22,8 +22,6 @@ from autoballoon_lab import GuestConfig, Lab, QMPClient
 from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.prereq import require_lab
 
-pytestmark = pytest.mark.integration
-
 MiB = 1 << 20
 GUEST_MIB = 512
 TARGET = 320 * MiB

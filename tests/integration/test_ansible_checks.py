@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from ansible_run import ansible_checks
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

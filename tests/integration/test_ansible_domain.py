@@ -25,7 +25,6 @@ from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "https://autoballoon.org/xmlns/domain/1"

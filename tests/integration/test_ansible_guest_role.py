@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from ansible_run import ROOT, playbook, recap, root_collection
 
-pytestmark = pytest.mark.integration
-
 PLAY = """- name: Install the guest agent
   hosts: localhost
   gather_facts: false

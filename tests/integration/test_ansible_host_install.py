@@ -23,8 +23,6 @@ from typing import Any
 import pytest
 from ansible_run import ROOT, playbook, recap, root_collection
 
-pytestmark = pytest.mark.integration
-
 PLAY = """- name: Install autoballoon
   hosts: localhost
   gather_facts: false

@@ -24,8 +24,6 @@ from typing import Any
 import pytest
 from ansible_run import ROOT, playbook, recap, root_collection
 
-pytestmark = pytest.mark.integration
-
 HOOK = ROOT / "hooks" / "libvirt" / "qemu"
 PLAYBOOK = """- name: Configure autoballoon
   hosts: localhost

@@ -7,35 +7,21 @@ subject is the daemon's audit file, not a guest.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from autoballoon_lab import qmpsim
 from autoballoon_lab.daemonproc import DaemonProcess
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="abaud-"))  # short: unix socket paths
-    sim = subprocess.Popen([sys.executable, "-m", "autoballoon_lab.qmpsim", "--dir", str(path),
-                            "--count", "1", "--prefix", "g"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert sim.stdout is not None
-        assert sim.stdout.readline().startswith("serving")
+    with qmpsim.child_process(1, prefix="g", tmp_prefix="abaud-") as path:
         yield path
-    finally:
-        sim.terminate()
-        sim.wait(10)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -30,8 +30,6 @@ from autoballoon_lab.image import ensure_image
 from autoballoon_lab.paths import cache_dir, repo_root
 from autoballoon_lab.prereq import require, require_busybox, require_root
 
-pytestmark = pytest.mark.integration
-
 MIB = 1 << 20
 VM_MEMORY_MIB = 2048
 

@@ -31,8 +31,6 @@ from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 from autoballoon_lab.prereq import require, require_lab
 from autoballoon_plugins.channel.source import ChannelSettings, GuestChannelSource
 
-pytestmark = pytest.mark.integration
-
 MIB = 1 << 20
 GUEST_MIB = 512
 HOLD_SHARE = 0.08  # the in-guest hog stops allocating below 8 % MemAvailable

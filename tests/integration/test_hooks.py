@@ -37,8 +37,6 @@ from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 from autoballoon_core.control import ControlServer
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 QEMU_HOOK = ROOT / "hooks" / "libvirt" / "qemu"
 OVIRT_START = ROOT / "hooks" / "ovirt" / "before_vm_start" / "50_autoballoon"

@@ -14,15 +14,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.model import MiB
 from autoballoon_lab.cgroup import MemoryCgroup
 from autoballoon_lab.prereq import require, require_memory_cgroup
 from autoballoon_lab.spawn import spawn
-
-pytestmark = pytest.mark.integration
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

@@ -106,7 +106,6 @@ def _raw_qmp(path: Path, *commands: dict[str, Any]) -> list[dict[str, Any]]:
     return replies
 
 
-@pytest.mark.integration
 def test_image_is_built_once_and_cached(image: GuestImage) -> None:
     assert image.kernel.is_file() and image.kernel.stat().st_size > 1 * MIB
     assert image.initrd.read_bytes()[:2] == b"\x1f\x8b"  # gzip
@@ -127,7 +126,6 @@ def test_image_is_built_once_and_cached(image: GuestImage) -> None:
     assert again == image
 
 
-@pytest.mark.integration
 def test_image_command_line_prints_paths(image: GuestImage) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "autoballoon_lab.image"],
@@ -141,7 +139,6 @@ def test_image_command_line_prints_paths(image: GuestImage) -> None:
     assert f"AUTOBALLOON_LAB_INITRD={image.initrd}" in result.stdout
 
 
-@pytest.mark.integration
 def test_domain_xml_is_valid_libvirt(image: GuestImage, tmp_path: Path) -> None:
     require_program("virt-xml-validate")
     require_program("xmllint")  # virt-xml-validate runs it (libvirt-clients only recommends it)
@@ -168,7 +165,6 @@ def test_domain_xml_is_valid_libvirt(image: GuestImage, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.integration
 def test_guest_runs_host_python(guest: LabGuest) -> None:
     assert guest.wait_command(BOOT_TIMEOUT) == 0
     text = guest.console_text()
@@ -178,7 +174,6 @@ def test_guest_runs_host_python(guest: LabGuest) -> None:
     assert guest.oom_kills_in_guest() == 0
 
 
-@pytest.mark.integration
 def test_agent_channel_carries_guest_lines(guest: LabGuest) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(20)
@@ -190,7 +185,6 @@ def test_agent_channel_carries_guest_lines(guest: LabGuest) -> None:
             received += chunk
 
 
-@pytest.mark.integration
 def test_qmp_raw_exchange(guest: LabGuest) -> None:
     capabilities, balloon = _raw_qmp(
         guest.qmp_path,
@@ -201,7 +195,6 @@ def test_qmp_raw_exchange(guest: LabGuest) -> None:
     assert balloon["return"]["actual"] == 384 * MIB
 
 
-@pytest.mark.integration
 def test_balloon_inflates_and_reports_stats(guest: LabGuest) -> None:
     with QMPClient(guest.qmp_path) as qmp:
         qmp.execute("balloon", {"value": 256 * MIB})
@@ -232,7 +225,6 @@ def test_balloon_inflates_and_reports_stats(guest: LabGuest) -> None:
     assert guest.alive()
 
 
-@pytest.mark.integration
 def test_guest_oom_kill_is_seen_on_the_console(image: GuestImage) -> None:
     hungry = python_command("-c", "chunks = [b'x' * (16 << 20) for _ in range(40)]")
     # Boots the compressed bzImage: the other tests cover the PVH vmlinux.
@@ -245,7 +237,6 @@ def test_guest_oom_kill_is_seen_on_the_console(image: GuestImage) -> None:
         assert guest.alive()
 
 
-@pytest.mark.integration
 def test_memory_cgroup_lifecycle() -> None:
     require_lab(cgroup=True)
     with MemoryCgroup(64 * MIB) as cgroup:
@@ -256,7 +247,6 @@ def test_memory_cgroup_lifecycle() -> None:
     assert not path.exists()
 
 
-@pytest.mark.integration
 def test_hog_is_oom_killed_in_cgroup_and_guest_survives(image: GuestImage) -> None:
     require_lab(cgroup=True)
     with Lab(1, config=GuestConfig(memory_mib=384), cgroup_limit_mib=640, image=image) as lab:
@@ -279,7 +269,6 @@ def test_hog_is_oom_killed_in_cgroup_and_guest_survives(image: GuestImage) -> No
     assert not any(_alive(pid) for pid in pids)
 
 
-@pytest.mark.integration
 def test_lab_cleans_up_after_an_exception(image: GuestImage) -> None:
     require_lab(cgroup=True)
     lab = Lab(2, config=GuestConfig(memory_mib=256), cgroup_limit_mib=1024, image=image)

@@ -29,7 +29,7 @@ from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LAB_MIB = 384
 TOLERANCE = 2 * MiB

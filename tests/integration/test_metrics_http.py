@@ -20,8 +20,6 @@ from autoballoon_core.metrics import install, uninstall
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.testing import harness
 
-pytestmark = pytest.mark.integration
-
 SETTINGS = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
     "guards": {"floor": "256MiB", "cooldown": 0},

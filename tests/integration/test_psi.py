@@ -25,8 +25,6 @@ from autoballoon_lab.prereq import require, require_memory_cgroup, require_root
 from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
 from autoballoon_plugins.psi import SYSTEM_FILE, PsiSource
 
-pytestmark = pytest.mark.integration
-
 LOW, MEDIUM, CRITICAL = PressureLevel.LOW, PressureLevel.MEDIUM, PressureLevel.CRITICAL
 
 

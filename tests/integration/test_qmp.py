@@ -30,8 +30,6 @@ from autoballoon_lab.prereq import require_lab
 from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.guest import GuestSettings
 
-pytestmark = pytest.mark.integration
-
 GUEST_MIB = 384
 MAX = GUEST_MIB * MiB
 BOOT_TIMEOUT = 120.0

@@ -27,8 +27,6 @@ from autoballoon_lab.qmpsim import BALLOON_PATH, JSONStreamSplitter, QMPSimulato
 from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
 from autoballoon_plugins.qmp.guest import GuestSettings
 
-pytestmark = pytest.mark.integration
-
 GUEST_MIB = 384
 TARGET_MIB = 256
 WAIT = 60.0

@@ -35,8 +35,6 @@ from autoballoon_lab.daemonproc import DaemonProcess
 from autoballoon_lab.prereq import require
 from autoballoon_lab.qmpsim import QMPSimulator
 
-pytestmark = pytest.mark.integration
-
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "hooks" / "monitoring" / "check_autoballoon"

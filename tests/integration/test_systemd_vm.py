@@ -19,8 +19,6 @@ import pytest
 from autoballoon_lab import systemd_vm
 from autoballoon_lab.prereq import require, require_busybox, require_root
 
-pytestmark = pytest.mark.integration
-
 
 def _require_vm() -> None:
     require_root()

@@ -24,8 +24,6 @@ from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
 from autoballoon_plugins.qmp.backend import QMPBackend
 
-pytestmark = pytest.mark.integration
-
 BASE = 256 * MiB
 REGION = 512 * MiB
 BLOCK = 2 * MiB

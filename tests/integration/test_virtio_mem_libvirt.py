@@ -23,7 +23,7 @@ from autoballoon_lab import VirtioMemConfig
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BASE = 256 * MiB
 REGION = 512 * MiB

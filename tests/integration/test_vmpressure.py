@@ -28,8 +28,6 @@ from autoballoon_lab.prereq import require, require_root
 from autoballoon_lab.spawn import spawn
 from autoballoon_plugins.vmpressure import VmpressureSource
 
-pytestmark = pytest.mark.integration
-
 LEVELS = ["low", "medium", "critical"]
 
 

@@ -19,8 +19,6 @@ from autoballoon_lab.hog import Hog
 from autoballoon_lab.prereq import require_memory_cgroup
 from autoballoon_plugins.watermark import Thresholds, WatermarkSource, parse_amount
 
-pytestmark = pytest.mark.integration
-
 NONE, LOW, MEDIUM, CRITICAL = (PressureLevel.NONE, PressureLevel.LOW, PressureLevel.MEDIUM,
                                PressureLevel.CRITICAL)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +28,24 @@ def _load(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_fuzz_cases(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a fuzz file, print how many cases it really checked (its ``FUZZ_CASES``).
+
+    The volume of a fuzzer is a figure to read in the fuzz stage's output, not
+    an assertion on a counter the test itself keeps.
+    """
+    yield
+    counts = getattr(request.module, "FUZZ_CASES", None)
+    if not counts:
+        return
+    shown = ", ".join(f"{kind} {n:,}" for kind, n in sorted(counts.items()))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{request.module.__name__}: fuzz cases checked: {shown}, "
+              f"{sum(counts.values()):,} in all", flush=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from autoballoon_core.model import (
     PressureLevel,
     Snapshot,
     Trigger,
+    Veto,
 )
 from autoballoon_core.options import defaults
 from autoballoon_core.plugins import hookimpl
@@ -159,4 +160,4 @@ def test_a_guest_that_deflated_itself_is_not_squeezed_back_even_at_critical() ->
     assert allowed.approved  # a claimant above its fair share (2 GiB) of a CRITICAL host
     big.last_action, big.last_action_time = "adopted", 99.5  # its balloon gave way to OOM
     [refused] = review(guard, snapshot, squeeze, 100.0)
-    assert not refused.approved and "deflating itself" in refused.veto
+    assert refused.veto is Veto.GUEST_PRESSURE and "deflating itself" in refused.why

@@ -110,7 +110,9 @@ def test_guard_invariants_hold_for_any_decisions(data: st.DataObject,
         guest = snapshot.guests.get(verdict.decision.guest)
         if not verdict.approved:
             assert verdict.target == verdict.previous
+            assert verdict.veto is not None and verdict.why  # a kind, and words for it
             continue
+        assert verdict.veto is None and not verdict.why
         assert guest is not None and guest.managed and guest.reachable
         assert guest.id not in in_flight
         approved_guests.append(guest.id)

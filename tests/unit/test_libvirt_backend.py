@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
+from autoballoon_core.engine import Engine
 from autoballoon_core.interfaces import ActuatorError
-from autoballoon_core.model import GuestInfo, GuestStats, MiB
+from autoballoon_core.model import GuestInfo, GuestStats, MiB, Outcome
+from autoballoon_core.plugins import collect, create_plugin_manager
+from autoballoon_core.testing import build_config
 from autoballoon_plugins.libvirt.backend import LibvirtBackend
 from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
 
@@ -192,6 +196,42 @@ async def test_set_target_refuses_unknown_and_opted_out_guests(admin: Any) -> No
             assert "libvirt:" + name not in rec.stats  # unmanaged: not polled either
             assert "<stats" not in dom.XMLDesc(0)
             assert dom.info()[2] == 512 * 1024
+
+
+async def test_who_is_managed_follows_the_engine_not_the_config_seen_at_start(
+        admin: Any) -> None:
+    # [guests] managed = false at start, then a reload without it: the engine manages
+    # the guest again, and the backend must carry out its target (it used to refuse,
+    # from its own copy of the configuration at start)
+    others = [ep.name for ep in importlib.metadata.entry_points(group="autoballoon")
+              if ep.name not in ("libvirt", "seed_policies")]
+    manager = create_plugin_manager(block=others)
+    registry = collect(manager)
+    name = unique("reload")
+    gid = f"libvirt:{name}"
+
+    def config(*guests: str) -> Any:
+        return build_config({
+            "engine": {"policy": "seed-fixed", "tick_interval": "1h"},
+            "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": 0}},
+            "guards": {"cooldown": 0, "floor": "256MiB"},
+            "guests": {guest: {"managed": False} for guest in guests},
+        }, registry)
+
+    with running(admin, domain_xml(name)) as dom:
+        engine = Engine(config(name), manager, registry)
+        await engine.start()
+        try:
+            await until(lambda: gid in engine.guests, "the guest found")
+            assert engine.guests[gid].managed is False
+            engine.apply_config(config())
+            assert engine.guests[gid].managed is True
+            engine.set_manual(gid, 448 * MiB, None, "test")
+            await until(lambda: dom.info()[2] == 448 * 1024, "the balloon set")
+            [record] = [r for r in engine.recent if r.actions]
+            assert [a.outcome for a in record.actions] == [Outcome.APPLIED]
+        finally:
+            await engine.stop()
 
 
 async def test_metadata_change_is_followed(admin: Any) -> None:

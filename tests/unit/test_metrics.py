@@ -14,9 +14,8 @@ from autoballoon_core.metrics import (
     install,
     reason_kind,
     uninstall,
-    veto_class,
 )
-from autoballoon_core.model import Action, MiB, Outcome, PressureEvent, PressureLevel
+from autoballoon_core.model import Action, MiB, Outcome, PressureEvent, PressureLevel, Veto
 from autoballoon_core.testing import SCRIPTED_SOURCE, Harness, harness
 from autoballoon_plugins.channel import OPTIONS as CHANNEL_OPTIONS
 from autoballoon_plugins.channel import ChannelSettings, GuestLink
@@ -161,6 +160,18 @@ async def test_host_level_per_source_clears_on_none_and_after_hold() -> None:
         assert value(m, "autoballoon_host_pressure_level", source=SCRIPTED_SOURCE) == 0
 
 
+async def test_host_levels_are_the_engines_even_for_events_before_install() -> None:
+    # the gauges read the engine's levels: a metrics object registered after the
+    # event (as after a restart of the endpoint) shows the same as ``status``
+    async with harness(SETTINGS, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        m = with_metrics(h)
+        assert h.engine.status()["host"]["level"] == "medium"
+        assert value(m, "autoballoon_host_pressure_level", source=SCRIPTED_SOURCE) == 2
+        assert value(m, "autoballoon_host_pressure_combined_level") == 2
+
+
 async def test_event_source_labels_are_capped() -> None:
     async with harness(SETTINGS, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         m = with_metrics(h)
@@ -187,22 +198,23 @@ async def test_uninstall_stops_counting() -> None:
 
 
 def test_reason_kinds_are_bounded() -> None:
-    def action(outcome: Outcome, target: int, previous: int, error: str = "") -> Action:
-        return Action("g", target, target, previous, "free text " * 10, outcome, error)
+    def action(outcome: Outcome, target: int, previous: int, veto: Veto | None = None,
+               error: str = "free text") -> Action:
+        return Action("g", target, target, previous, "free text " * 10, outcome, error,
+                      veto=veto)
 
     assert reason_kind(action(Outcome.APPLIED, 1, 2)) == "inflate"
     assert reason_kind(action(Outcome.FAILED, 3, 2)) == "deflate"
     assert reason_kind(action(Outcome.DRY_RUN, 2, 2)) == "hold"
-    for text, kind in [
-        ("cooldown", "veto-cooldown"),
-        ("guest reports memory pressure: never inflated while it lasts", "veto-guest-pressure"),
-        ("a command for this guest is still in flight", "veto-in-flight"),
-        ("guest vanished", "veto-vanished"),
-        ("something a future guard says", "veto-other"),
-    ]:
-        assert reason_kind(action(Outcome.VETOED, 2, 2, text)) == kind
+    for veto in Veto:
+        kind = reason_kind(action(Outcome.VETOED, 2, 2, veto))
+        assert kind == f"veto-{veto.value}"
         assert kind in REASON_KINDS
-    assert veto_class("change below min_change") == "min-change"
+    # the kind is the veto's, whatever its text says
+    assert reason_kind(action(Outcome.VETOED, 2, 2, Veto.MIN_CHANGE, "cooldown")) == (
+        "veto-min-change")
+    assert reason_kind(action(Outcome.VETOED, 2, 2)) == "veto-other"
+    assert "veto-other" in REASON_KINDS
 
 
 def test_agent_counts_from_a_real_guest_link() -> None:

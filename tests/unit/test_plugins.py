@@ -50,23 +50,21 @@ def test_the_example_plugin_installs_and_loads_through_its_entry_point(
     assert out == ["example", "True", "False"]
 
 
-async def test_the_example_policy_runs_in_the_real_engine(installed_example: Path) -> None:
-    sys.path.insert(0, str(installed_example))
-    try:
-        import autoballoon_example
-        settings = {"engine": {"policy": "gentle"}, "guards": {"cooldown": 0}}
-        async with harness(settings, guests={"vm": (1024 * MiB, 1024 * MiB)}) as h:
-            assert h.engine.manager.get_plugin("example") is autoballoon_example
-            h.host_event(PressureLevel.MEDIUM)
-            await h.settle()
-            assert h.backend.calls == []
-            await _sleep_past_window()
-            h.host_event(PressureLevel.CRITICAL)
-            await h.settle()
-            assert h.backend.actual["fake:vm"] == 1016 * MiB
-            assert autoballoon_example.ROUNDS_SEEN
-    finally:
-        sys.path.remove(str(installed_example))
+async def test_the_example_policy_runs_in_the_real_engine(
+        installed_example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(installed_example))
+    import autoballoon_example
+    settings = {"engine": {"policy": "gentle"}, "guards": {"cooldown": 0}}
+    async with harness(settings, guests={"vm": (1024 * MiB, 1024 * MiB)}) as h:
+        assert h.engine.manager.get_plugin("example") is autoballoon_example
+        h.host_event(PressureLevel.MEDIUM)
+        await h.settle()
+        assert h.backend.calls == []
+        await _sleep_past_window()
+        h.host_event(PressureLevel.CRITICAL)
+        await h.settle()
+        assert h.backend.actual["fake:vm"] == 1016 * MiB
+        assert autoballoon_example.ROUNDS_SEEN
 
 
 async def _sleep_past_window() -> None:
