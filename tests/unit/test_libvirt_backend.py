@@ -17,6 +17,7 @@ import pytest
 
 from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
+from autoballoon_plugins.libvirt import LibvirtOptions
 from autoballoon_plugins.libvirt.backend import LibvirtBackend
 from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
 
@@ -109,7 +110,7 @@ def unique(kind: str) -> str:
 async def backend(rec: Recorder, **options: Any) -> AsyncIterator[LibvirtBackend]:
     settings = {"uri": URI, "stats_period": 0.05, "reconnect_max": 0.5, "workers": 2}
     settings.update(options)
-    b = LibvirtBackend("libvirt", settings)
+    b = LibvirtBackend("libvirt", LibvirtOptions(**settings))
     await b.start(rec)
     try:
         yield b
