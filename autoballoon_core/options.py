@@ -22,7 +22,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 from autoballoon_core.model import PressureLevel
 from autoballoon_guest.agent import DURATION_UNITS, NUMBER_WITH_UNIT, SIZE_UNITS
@@ -242,6 +242,13 @@ class NoSettings(Section):
 
 
 S = TypeVar("S", bound=Section)
+
+
+@dataclass_transform(frozen_default=True)
+def settings(cls: type[S]) -> type[S]:
+    """Make ``cls`` a settings class: ``@dataclass(frozen=True, slots=True)``, spelled
+    so a plugin needs nothing but ``autoballoon_core``."""
+    return dataclass(frozen=True, slots=True)(cls)
 _META = "autoballoon.option"
 
 

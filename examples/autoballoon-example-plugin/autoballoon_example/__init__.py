@@ -7,8 +7,6 @@ Copy it: one import line, one class, one registration call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from autoballoon_core import (
     Decision,
     MiB,
@@ -22,11 +20,12 @@ from autoballoon_core import (
     TriggerKind,
     current_target,
     hookimpl,
+    settings,
     size,
 )
 
 
-@dataclass(frozen=True, slots=True)
+@settings
 class GentleSettings(Section):
     """``[policies.gentle]``: one option, validated by the core at load."""
 
