@@ -51,10 +51,15 @@ def default_text(option: Option) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """``text`` safe in a Markdown table cell (no column break, no HTML tag)."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def table(options: Sequence[Option]) -> list[str]:
     """The Markdown table of ``options``: key, default, allowed, meaning."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{o.name}` | `{default_text(o)}` | {o.allowed()} | {o.help} |"
+    rows += [f"| `{o.name}` | `{default_text(o)}` | {_cell(o.allowed())} | {_cell(o.help)} |"
              for o in options]
     return rows
 

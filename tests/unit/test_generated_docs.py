@@ -37,7 +37,8 @@ def test_every_builtin_component_has_a_table_on_its_page(gen: object) -> None:
                for m in gen.REGION.finditer(text)}  # type: ignore[attr-defined]
     assert {"hooks", "policies.autoballoon", "policies.mom", "policies.proxmox",
             "policies.seed-fixed", "policies.seed-levels", "backends.qmp",
-            "backends.libvirt", "sources.guest-channel"} <= regions
+            "backends.libvirt", "sources.guest-channel", "sources.psi", "sources.vmpressure",
+            "sources.watermark", "sources.balloon-stats"} == regions
 
 
 def test_a_changed_help_text_is_caught(gen: object, monkeypatch: pytest.MonkeyPatch) -> None:
