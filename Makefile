@@ -15,7 +15,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daem
 	openssh-server openssh-client systemd systemd-container git debootstrap
 STAMP := .cache/stamps
 
-.PHONY: all deps venv image demo test test-unit test-integration bench lint ansible-check \
+.PHONY: all deps venv image demo test test-unit test-integration bench lint docs ansible-check \
 	molecule clean
 
 all: test
@@ -69,6 +69,10 @@ molecule: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# the option tables and the hook reference in docs/ (a unit test checks them)
+docs: deps
+	$(PY) tools/gen_config_docs.py
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

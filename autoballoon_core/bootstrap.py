@@ -35,8 +35,9 @@ def load(
     raw = configuration.read_raw(files)
     if overrides:
         raw.merge(overrides, "<command line>")
-    manager = create_plugin_manager(configuration.blocked_plugins(raw), extra_plugins)
-    registry = collect(manager)
+    block = configuration.blocked_plugins(raw)
+    manager = create_plugin_manager(block, extra_plugins)
+    registry = collect(manager, block)
     config = configuration.validate(raw, registry, [str(f) for f in files])
     return Loaded(manager, registry, config)
 

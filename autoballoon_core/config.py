@@ -12,13 +12,32 @@ import fnmatch
 import grp
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from autoballoon_core.engine_core import EngineSettings, EscalationSettings
+from autoballoon_core.interfaces import Registered
 from autoballoon_core.model import GuestId
-from autoballoon_core.options import Kind, Option, OptionError, defaults
+from autoballoon_core.options import (
+    KeyedSection,
+    Kind,
+    Option,
+    OptionError,
+    S,
+    Section,
+    defaults,
+    flag,
+    integer,
+    internal,
+    number,
+    options_of,
+    size,
+    strings,
+    text,
+)
 from autoballoon_core.plugins import Registry
+from autoballoon_core.safety import GuardSettings
 
 DEFAULT_PATH = Path("/etc/autoballoon/autoballoon.toml")
 DROPIN_DIR_NAME = "autoballoon.d"
@@ -39,147 +58,76 @@ class ConfigError(ValueError):
         self.key = key
 
 
-DAEMON_OPTIONS: tuple[Option, ...] = (
-    Option("control_socket", Kind.STR, "/run/autoballoon/control.sock",
-           "Path of the control socket (created with mode 0600)."),
-    Option("control_socket_group", Kind.STR, "",
-           "Group whose members may send `ping` and `hint` (e.g. `kvm` for oVirt's VDSM "
-           "hooks). Empty: none."),
-    Option("control_read_group", Kind.STR, "",
-           "Group whose members may use the read-only commands: `ping`, `status`, "
-           "`explain` (monitoring, hook scripts). Empty: none."),
-    Option("control_admin_group", Kind.STR, "",
-           "Group whose members may use every command, the changing ones too (`set`, "
-           "`manage`, `unmanage`, `pause`, `resume`, `reload`). Empty: root and the "
-           "daemon's user only. One group among the three: the socket is that group's with "
-           "mode 0660; several: mode 0666, each command checked against the peer's "
-           "credentials."),
-    Option("audit_log", Kind.STR, "",
-           "JSON-lines audit log of every event and decision; empty: none. Reopened when "
-           "moved away (logrotate) and on SIGHUP."),
-    Option("audit_rate", Kind.FLOAT, 20.0,
-           "Audit records per second of each kind (event, round) at most, on average; the "
-           "excess is counted in a `suppressed` record.", minimum=0.1, maximum=100000.0),
-    Option("audit_burst", Kind.INT, 200, "Audit records of each kind allowed in a burst.",
-           minimum=1, maximum=1000000),
-    Option("log_level", Kind.STR, "info", "Logging threshold.",
-           choices=("debug", "info", "warning", "error")),
-    Option("dry_run", Kind.BOOL, False, "Decide and log, but never set a balloon."),
-)
+@dataclass(frozen=True, slots=True)
+class DaemonSettings(KeyedSection):
+    """``[daemon]``: the control socket, the audit log, logging."""
 
-ENGINE_OPTIONS: tuple[Option, ...] = (
-    Option("policy", Kind.STR, "autoballoon", "The active policy, by name."),
-    Option("coalesce_interval", Kind.DURATION, 1.0,
-           "Host events within this interval after a round are merged; when it ends, one "
-           "more round runs only if their highest level is above the last round's.",
-           minimum=0.0, maximum=60.0),
-    Option("tick_interval", Kind.DURATION, 5.0,
-           "Period of the policy's timer rounds (memory give-back, slow policies).",
-           minimum=0.1, maximum=3600.0),
-    Option("actuator_timeout", Kind.DURATION, 2.0,
-           "Longest wait for one balloon command.", minimum=0.01, maximum=120.0),
-    Option("host_pressure_hold", Kind.DURATION, 5.0,
-           "Host pressure counts as NONE after this long without a host event.",
-           minimum=0.0, maximum=3600.0),
-    Option("guest_pressure_hold", Kind.DURATION, 10.0,
-           "A guest's pressure counts as gone after this long without a report.",
-           minimum=0.0, maximum=3600.0),
-)
-
-GUARD_OPTIONS: tuple[Option, ...] = (
-    Option("floor", Kind.SIZE, 256 * 1024**2,
-           "No guest is ballooned below this much memory (per-guest overrides win)."),
-    Option("floor_percent", Kind.FLOAT, 0.0,
-           "Floor as a share of the guest's maximum; the larger floor wins.",
-           minimum=0.0, maximum=1.0),
-    Option("max_step", Kind.SIZE, 512 * 1024**2,
-           "Largest change of one guest in one action.", minimum=4096),
-    Option("min_change", Kind.SIZE, 1024**2,
-           "Smaller changes are not worth a command.", minimum=0),
-    Option("cooldown", Kind.DURATION, 0.5,
-           "A guest is not acted on again sooner, unless its own pressure rises.",
-           maximum=3600.0),
-    Option("stall_timeout", Kind.DURATION, 15.0,
-           "A balloon that has not moved half way to its target by then is stalled.",
-           minimum=0.5, maximum=3600.0),
-    Option("stall_backoff", Kind.DURATION, 60.0,
-           "A stalled guest is left alone this long.", maximum=86400.0),
-    Option("tolerance", Kind.SIZE, 2 * 1024**2,
-           "Balloon sizes this close to the target count as reached.", minimum=0),
-    Option("release_on_exit", Kind.BOOL, False,
-           "On a clean stop, give every managed guest its maximum back, in guarded steps "
-           "within host headroom."),
-)
-
-ESCALATION_OPTIONS: tuple[Option, ...] = (
-    Option("enabled", Kind.BOOL, True,
-           "Raise an escalation (hook, audit record, metric, status line, optional command) "
-           "when the host stays short of memory and ballooning has nothing left to take."),
-    Option("reserve", Kind.SIZE, 0,
-           "Host MemAvailable below which the host counts as short, in bytes; the larger of "
-           "reserve and reserve_percent wins."),
-    Option("reserve_percent", Kind.FLOAT, 0.03,
-           "Host MemAvailable below which the host counts as short, as a share of host "
-           "memory.", minimum=0.0, maximum=0.9),
-    Option("hold", Kind.DURATION, 1.0,
-           "How long the host must stay short, with nothing being taken, before escalating.",
-           minimum=0.0, maximum=3600.0),
-    Option("repeat", Kind.DURATION, 60.0,
-           "Least time between two escalations.", minimum=0.0, maximum=86400.0),
-    Option("command", Kind.STR_LIST, [],
-           "Command (argv list) run on each escalation with the escalation as JSON on its "
-           "standard input; empty: none. It never blocks the engine."),
-    Option("command_timeout", Kind.DURATION, 30.0,
-           "The command is killed after this long.", minimum=0.1, maximum=3600.0),
-)
-
-HOST_OPTIONS: tuple[Option, ...] = (
-    Option("memory_cgroup", Kind.STR, "",
-           "Measure host memory in this cgroup (limit and usage) instead of /proc/meminfo; "
-           "for hosts whose guests live in a memory-limited cgroup."),
-)
-
-METRICS_OPTIONS: tuple[Option, ...] = (
-    Option("enabled", Kind.BOOL, False, "Serve Prometheus metrics over HTTP."),
-    Option("address", Kind.STR, "127.0.0.1",
-           "Address the metrics endpoint binds to (loopback by default; it has no auth)."),
-    Option("port", Kind.INT, 9638, "TCP port of the metrics endpoint.", minimum=1,
-           maximum=65535),
-)
-
-PLUGIN_OPTIONS: tuple[Option, ...] = (
-    Option("block", Kind.STR_LIST, [], "Plugins (entry-point names) not to load."),
-)
-
-GUEST_OPTIONS: tuple[Option, ...] = (
-    Option("floor", Kind.SIZE, None, "Floor of matching guests."),
-    Option("weight", Kind.FLOAT, None, "Share weight of matching guests.",
-           minimum=0.0, maximum=1000.0),
-    Option("managed", Kind.BOOL, None, "false: never touch matching guests."),
-)
-
-ENABLED = Option("enabled", Kind.BOOL, False, "Turn this component on.")
-
-_FIXED_SECTIONS = {
-    "daemon": DAEMON_OPTIONS,
-    "engine": ENGINE_OPTIONS,
-    "guards": GUARD_OPTIONS,
-    "escalation": ESCALATION_OPTIONS,
-    "host": HOST_OPTIONS,
-    "metrics": METRICS_OPTIONS,
-    "plugins": PLUGIN_OPTIONS,
-}
-_TABLE_SECTIONS = ("sources", "backends", "policies", "guests")
+    control_socket: str = text("/run/autoballoon/control.sock",
+                               "Path of the control socket (created with mode 0600).")
+    control_socket_group: str = text(
+        "", "Group whose members may send `ping` and `hint` (e.g. `kvm` for oVirt's VDSM "
+        "hooks). Empty: none.")
+    control_read_group: str = text(
+        "", "Group whose members may use the read-only commands: `ping`, `status`, "
+        "`explain` (monitoring, hook scripts). Empty: none.")
+    control_admin_group: str = text(
+        "", "Group whose members may use every command, the changing ones too (`set`, "
+        "`manage`, `unmanage`, `pause`, `resume`, `reload`). Empty: root and the "
+        "daemon's user only. One group among the three: the socket is that group's with "
+        "mode 0660; several: mode 0666, each command checked against the peer's "
+        "credentials.")
+    audit_log: str = text(
+        "", "JSON-lines audit log of every event and decision; empty: none. Reopened when "
+        "moved away (logrotate) and on SIGHUP.")
+    audit_rate: float = number(
+        20.0, "Audit records per second of each kind (event, round) at most, on average; the "
+        "excess is counted in a `suppressed` record.", minimum=0.1, maximum=100000.0)
+    audit_burst: int = integer(200, "Audit records of each kind allowed in a burst.",
+                               minimum=1, maximum=1000000)
+    log_level: str = text("info", "Logging threshold.",
+                          choices=("debug", "info", "warning", "error"))
+    dry_run: bool = flag(False, "Decide and log, but never set a balloon.")
 
 
 @dataclass(frozen=True, slots=True)
-class GuestOverride:
-    """Settings for guests whose id or name matches ``pattern`` (fnmatch)."""
+class HostSettings(Section):
+    """``[host]``: where host memory is measured."""
 
-    pattern: str
-    floor: int | None = None
-    weight: float | None = None
-    managed: bool | None = None
+    memory_cgroup: str = text(
+        "", "Measure host memory in this cgroup (limit and usage) instead of /proc/meminfo; "
+        "for hosts whose guests live in a memory-limited cgroup.")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings(KeyedSection):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    enabled: bool = flag(False, "Serve Prometheus metrics over HTTP.")
+    address: str = text(
+        "127.0.0.1",
+        "Address the metrics endpoint binds to (loopback by default; it has no auth).")
+    port: int = integer(9638, "TCP port of the metrics endpoint.", minimum=1, maximum=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSettings(Section):
+    """``[plugins]``: what not to load."""
+
+    block: list[str] = strings(
+        [], "Plugins (entry-point or built-in module names) or components (source, backend "
+        "or policy names) not to load.")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestOverride(Section):
+    """``[guests."PATTERN"]``: settings for guests whose id or name matches ``pattern``
+    (fnmatch)."""
+
+    pattern: str = internal()
+    floor: int | None = size(None, "Floor of matching guests.")
+    weight: float | None = number(None, "Share weight of matching guests.",
+                                  minimum=0.0, maximum=1000.0)
+    managed: bool | None = flag(None, "false: never touch matching guests.")
 
     def matches(self, guest_id: GuestId, name: str) -> bool:
         return fnmatch.fnmatchcase(guest_id, self.pattern) or fnmatch.fnmatchcase(
@@ -187,23 +135,41 @@ class GuestOverride:
         )
 
 
+ENABLED = Option("enabled", Kind.BOOL, False, "Turn this component on.")
+
+SECTIONS: dict[str, type[Section]] = {
+    "daemon": DaemonSettings,
+    "engine": EngineSettings,
+    "guards": GuardSettings,
+    "escalation": EscalationSettings,
+    "host": HostSettings,
+    "metrics": MetricsSettings,
+    "plugins": PluginSettings,
+}
+"""Every fixed section and its schema, in the order the reference lists them."""
+_TABLE_SECTIONS = ("sources", "backends", "policies", "guests")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A validated configuration. Option values are parsed (sizes in bytes, seconds)."""
+    """A validated configuration: every section an instance of its schema."""
 
     files: tuple[str, ...]
-    daemon: Mapping[str, Any]
-    engine: Mapping[str, Any]
-    guards: Mapping[str, Any]
-    host: Mapping[str, Any]
-    metrics: Mapping[str, Any]
+    daemon: DaemonSettings
+    engine: EngineSettings
+    guards: GuardSettings
+    host: HostSettings
+    metrics: MetricsSettings
     block: tuple[str, ...]
-    sources: Mapping[str, Mapping[str, Any]]
-    backends: Mapping[str, Mapping[str, Any]]
+    sources: Mapping[str, Section]
+    """The enabled sources' settings, by name."""
+    backends: Mapping[str, Section]
+    """The enabled backends' settings, by name."""
     policy: str
-    policy_options: Mapping[str, Any]
+    policy_options: Section
+    """The active policy's settings."""
     guests: tuple[GuestOverride, ...] = field(default=())
-    escalation: Mapping[str, Any] = field(default_factory=dict)
+    escalation: EscalationSettings = field(default_factory=EscalationSettings)
 
     def guest_override(self, guest_id: GuestId, name: str) -> GuestOverride:
         """Every matching ``[guests."pattern"]`` table merged, later files winning."""
@@ -224,11 +190,8 @@ class _Raw:
     data: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
 
-    def merge(self, table: Mapping[str, Any], file: str, prefix: str = "") -> None:
-        target = self.data
-        for part in [p for p in prefix.split(".") if p] if prefix else []:
-            target = target.setdefault(part, {})
-        self._merge_into(target, table, file, prefix)
+    def merge(self, table: Mapping[str, Any], file: str) -> None:
+        self._merge_into(self.data, table, file, "")
 
     def _merge_into(
         self, target: dict[str, Any], table: Mapping[str, Any], file: str, prefix: str
@@ -259,15 +222,14 @@ def config_files(path: Path | None = None) -> list[Path]:
     return files
 
 
-def read_raw(paths: Sequence[Path], *, main_optional: bool = False) -> _Raw:
+def read_raw(paths: Sequence[Path]) -> _Raw:
+    """Every file parsed and merged in order; ConfigError for one that cannot be read."""
     raw = _Raw()
-    for index, path in enumerate(paths):
+    for path in paths:
         try:
             with path.open("rb") as handle:
                 table = tomllib.load(handle)
         except FileNotFoundError:
-            if index == 0 and main_optional:
-                continue
             raise ConfigError(str(path), WHOLE_FILE, "file not found") from None
         except OSError as exc:
             raise ConfigError(str(path), WHOLE_FILE, f"cannot read: {exc.strerror}") from None
@@ -285,7 +247,7 @@ def read_raw(paths: Sequence[Path], *, main_optional: bool = False) -> _Raw:
 def blocked_plugins(raw: _Raw) -> tuple[str, ...]:
     """The block list, read before plugins load (it decides what loads)."""
     section = raw.data.get("plugins", {})
-    values = _validate_section(raw, "plugins", section, PLUGIN_OPTIONS)
+    values = _validate_section(raw, "plugins", section, options_of(PluginSettings))
     return tuple(values["block"])
 
 
@@ -311,9 +273,9 @@ def _validate_section(
 
 
 def _components(
-    raw: _Raw, kind: str, specs: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """Validate ``[<kind>.<name>]`` tables; return the enabled components' options."""
+    raw: _Raw, kind: str, specs: Mapping[str, Registered[Any]]
+) -> dict[str, Section]:
+    """Validate ``[<kind>.<name>]`` tables; return the enabled components' settings."""
     tables = raw.data.get(kind, {})
     if not isinstance(tables, dict):
         raise ConfigError(raw.where(kind), kind, "must be a table of tables")
@@ -324,19 +286,19 @@ def _components(
                 raw.where(f"{kind}.{name}"), f"{kind}.{name}",
                 f"no such {kind[:-1]} (available: {known})",
             )
-    enabled: dict[str, dict[str, Any]] = {}
+    enabled: dict[str, Section] = {}
     for name, spec in specs.items():
-        options = (ENABLED, *spec.options) if kind != "policies" else tuple(spec.options)
+        options = (ENABLED, *spec.options) if kind != "policies" else spec.options
         values = _validate_section(raw, f"{kind}.{name}", tables.get(name, {}), options)
         if kind == "policies":
-            enabled[name] = values
+            enabled[name] = spec.component.schema(**values)
             continue
         is_on = values.pop("enabled") if name in tables and "enabled" in tables[name] else (
             spec.enabled_by_default
         )
         values.pop("enabled", None)
         if is_on:
-            enabled[name] = values
+            enabled[name] = spec.component.schema(**values)
     return enabled
 
 
@@ -346,15 +308,16 @@ def _guest_overrides(raw: _Raw) -> tuple[GuestOverride, ...]:
         raise ConfigError(raw.where("guests"), "guests", "must be a table of tables")
     overrides = []
     for pattern, table in tables.items():
-        values = _validate_section(raw, f'guests."{pattern}"', table, GUEST_OPTIONS)
+        values = _validate_section(raw, f'guests."{pattern}"', table,
+                                   options_of(GuestOverride))
         overrides.append(GuestOverride(pattern=pattern, **values))
     return tuple(overrides)
 
 
-def _check_groups(raw: _Raw, daemon: Mapping[str, Any]) -> None:
+def _check_groups(raw: _Raw, daemon: DaemonSettings) -> None:
     """Every ``[daemon] control_*_group`` names a group of this host."""
     for key in ("control_socket_group", "control_read_group", "control_admin_group"):
-        name = daemon[key]
+        name = getattr(daemon, key)
         if not name:
             continue
         try:
@@ -368,15 +331,17 @@ def _check_groups(raw: _Raw, daemon: Mapping[str, Any]) -> None:
 def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
     """Check every key of every section; build the :class:`Config`."""
     for key in raw.data:
-        if key not in _FIXED_SECTIONS and key not in _TABLE_SECTIONS:
-            allowed = ", ".join([*_FIXED_SECTIONS, *_TABLE_SECTIONS])
+        if key not in SECTIONS and key not in _TABLE_SECTIONS:
+            allowed = ", ".join([*SECTIONS, *_TABLE_SECTIONS])
             raise ConfigError(raw.where(key), key, f"unknown section (allowed: {allowed})")
     fixed = {
-        name: _validate_section(raw, name, raw.data.get(name, {}), options)
-        for name, options in _FIXED_SECTIONS.items()
+        name: schema(**_validate_section(raw, name, raw.data.get(name, {}), options_of(schema)))
+        for name, schema in SECTIONS.items()
     }
-    _check_groups(raw, fixed["daemon"])
-    policy = fixed["engine"]["policy"]
+    daemon = _section(fixed, "daemon", DaemonSettings)
+    _check_groups(raw, daemon)
+    engine = replace(_section(fixed, "engine", EngineSettings), dry_run=daemon.dry_run)
+    policy = engine.policy
     if policy not in registry.policies:
         known = ", ".join(sorted(registry.policies)) or "none loaded"
         raise ConfigError(
@@ -394,29 +359,22 @@ def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
         )
     return Config(
         files=tuple(files),
-        daemon=fixed["daemon"],
-        engine=fixed["engine"],
-        guards=fixed["guards"],
-        host=fixed["host"],
-        metrics=fixed["metrics"],
-        block=tuple(fixed["plugins"]["block"]),
+        daemon=daemon,
+        engine=engine,
+        guards=_section(fixed, "guards", GuardSettings),
+        host=_section(fixed, "host", HostSettings),
+        metrics=_section(fixed, "metrics", MetricsSettings),
+        block=tuple(_section(fixed, "plugins", PluginSettings).block),
         sources=sources,
         backends=backends,
         policy=policy,
         policy_options=policies[policy],
         guests=_guest_overrides(raw),
-        escalation=fixed["escalation"],
+        escalation=_section(fixed, "escalation", EscalationSettings),
     )
 
 
-def load(
-    registry: Registry, paths: Sequence[Path], *, overrides: Mapping[str, Any] | None = None
-) -> Config:
-    """Read ``paths`` (main file first) and validate them against ``registry``.
-
-    ``overrides`` is a nested mapping merged last (command-line settings).
-    """
-    raw = read_raw(paths)
-    if overrides:
-        raw.merge(overrides, "<command line>")
-    return validate(raw, registry, [str(p) for p in paths])
+def _section(fixed: Mapping[str, Section], name: str, schema: type[S]) -> S:
+    section = fixed[name]
+    assert isinstance(section, schema)
+    return section

@@ -69,7 +69,8 @@ def problems(path: Path | None) -> list[configuration.ConfigError]:
     while len(found) < MAX_ERRORS:
         try:
             if registry is None:
-                registry = collect(create_plugin_manager(configuration.blocked_plugins(raw)))
+                block = configuration.blocked_plugins(raw)
+                registry = collect(create_plugin_manager(block), block)
             configuration.validate(raw, registry, [str(f) for f in files])
             return found
         except configuration.ConfigError as error:

@@ -26,11 +26,11 @@ from rich.table import Table
 from rich.text import Text
 
 from autoballoon_core import bootstrap, configcheck, control
-from autoballoon_core.config import DAEMON_OPTIONS, DEFAULT_PATH, DROPIN_DIR_NAME, ConfigError
+from autoballoon_core.config import DEFAULT_PATH, DROPIN_DIR_NAME, ConfigError, DaemonSettings
 from autoballoon_core.options import OptionError, parse_duration, parse_size
 from autoballoon_core.plugins import PluginError
 
-DEFAULT_SOCKET = next(o.default for o in DAEMON_OPTIONS if o.name == "control_socket")
+DEFAULT_SOCKET = DaemonSettings().control_socket
 LEVEL_STYLE = {"none": "green", "low": "yellow", "medium": "dark_orange", "critical": "bold red"}
 
 

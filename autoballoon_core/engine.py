@@ -40,7 +40,6 @@ from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import (
     ActuatorError,
     Backend,
-    PluginContext,
     Policy,
     PressureSource,
     SourceUnavailable,
@@ -150,17 +149,11 @@ class Engine:
                                               EscalationRunner]:
         """Everything a config needs, built before anything is switched (may raise)."""
         spec = self.registry.policies[config.policy]
-        policy = spec.factory(PluginContext(config.policy, config.policy_options, config))
-        escalation = config.escalation or {}
-        return (policy,
-                EngineSettings.from_options(config.engine, config.daemon["dry_run"]),
-                safety.GuardSettings.from_options(config.guards),
-                _overrides_of(config),
-                EscalationSettings.from_options(escalation) if escalation
-                else EscalationSettings(),
-                HostMemoryReader(config.host["memory_cgroup"]),
-                EscalationRunner(escalation.get("command", []),
-                                 escalation.get("command_timeout", 30.0)))
+        policy = spec.create(config.policy, config.policy_options, config)
+        escalation = config.escalation
+        return (policy, config.engine, config.guards, _overrides_of(config), escalation,
+                HostMemoryReader(config.host.memory_cgroup),
+                EscalationRunner(escalation.command, escalation.command_timeout))
 
     def _switch(self, config: Config, built: tuple[Any, ...]) -> None:
         policy, settings, guard, overrides, escalation, host_memory, runner = built
@@ -204,7 +197,7 @@ class Engine:
 
     @property
     def actuator_timeout(self) -> float:
-        return float(self.config.engine["actuator_timeout"])
+        return self.config.engine.actuator_timeout
 
     def _decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
         decisions: list[Decision] = self.manager.hook.autoballoon_decide(
@@ -231,10 +224,10 @@ class Engine:
 
         ``sources=False`` starts the backends only (a one-shot release).
         """
-        for name, options in (self.config.sources if sources else {}).items():
+        for name, settings in (self.config.sources if sources else {}).items():
             spec = self.registry.sources[name]
             try:
-                source = spec.factory(PluginContext(name, options, self.config))
+                source = spec.create(name, settings, self.config)
             except Exception as exc:
                 await self._close_sources()
                 raise SourceUnavailable(f"source {name}: {exc}") from exc
@@ -249,9 +242,8 @@ class Engine:
                 await self._close_sources()
                 raise SourceUnavailable(f"source {name}: {exc}") from exc
             self.sources[name] = source
-        for name, options in self.config.backends.items():
-            backend_spec = self.registry.backends[name]
-            backend = backend_spec.factory(PluginContext(name, options, self.config))
+        for name, settings in self.config.backends.items():
+            backend = self.registry.backends[name].create(name, settings, self.config)
             self.backends[name] = backend
             await backend.start(_BackendInventory(self, name))
         for name, source in self.sources.items():

@@ -53,6 +53,16 @@ from autoballoon_core.model import (
     TriggerKind,
     Veto,
 )
+from autoballoon_core.options import (
+    Section,
+    duration,
+    flag,
+    internal,
+    number,
+    size,
+    strings,
+    text,
+)
 from autoballoon_core.steering import Entry, Pause, Refused, Steering
 
 log = logging.getLogger("autoballoon.engine")
@@ -67,33 +77,54 @@ NoticeFn = Callable[[dict[str, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EngineSettings:
-    coalesce_interval: float = 1.0
-    tick_interval: float = 5.0
-    host_pressure_hold: float = 5.0
-    guest_pressure_hold: float = 10.0
-    dry_run: bool = False
+class EngineSettings(Section):
+    """``[engine]``: the active policy and the pace of rounds."""
 
-    @classmethod
-    def from_options(cls, engine: Mapping[str, Any], dry_run: bool = False) -> EngineSettings:
-        return cls(engine["coalesce_interval"], engine["tick_interval"],
-                   engine["host_pressure_hold"], engine["guest_pressure_hold"], dry_run)
+    policy: str = text("autoballoon", "The active policy, by name.")
+    coalesce_interval: float = duration(
+        1.0, "Host events within this interval after a round are merged; when it ends, one "
+        "more round runs only if their highest level is above the last round's.",
+        minimum=0.0, maximum=60.0)
+    tick_interval: float = duration(
+        5.0, "Period of the policy's timer rounds (memory give-back, slow policies).",
+        minimum=0.1, maximum=3600.0)
+    actuator_timeout: float = duration(2.0, "Longest wait for one balloon command.",
+                                       minimum=0.01, maximum=120.0)
+    host_pressure_hold: float = duration(
+        5.0, "Host pressure counts as NONE after this long without a host event.",
+        minimum=0.0, maximum=3600.0)
+    guest_pressure_hold: float = duration(
+        10.0, "A guest's pressure counts as gone after this long without a report.",
+        minimum=0.0, maximum=3600.0)
+    dry_run: bool = internal(False)
+    """``[daemon] dry_run``, copied here by the engine."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EscalationSettings:
-    """When ballooning cannot help: the host below ``reserve`` with nothing left to take."""
+class EscalationSettings(Section):
+    """``[escalation]``: when ballooning cannot help, the host below ``reserve`` with
+    nothing left to take."""
 
-    enabled: bool = True
-    reserve: int = 0
-    reserve_percent: float = 0.03
-    hold: float = 1.0
-    repeat: float = 60.0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> EscalationSettings:
-        return cls(options["enabled"], options["reserve"], options["reserve_percent"],
-                   options["hold"], options["repeat"])
+    enabled: bool = flag(
+        True, "Raise an escalation (hook, audit record, metric, status line, optional "
+        "command) when the host stays short of memory and ballooning has nothing left to "
+        "take.")
+    reserve: int = size(
+        0, "Host MemAvailable below which the host counts as short, in bytes; the larger of "
+        "reserve and reserve_percent wins.")
+    reserve_percent: float = number(
+        0.03, "Host MemAvailable below which the host counts as short, as a share of host "
+        "memory.", minimum=0.0, maximum=0.9)
+    hold: float = duration(
+        1.0, "How long the host must stay short, with nothing being taken, before "
+        "escalating.", minimum=0.0, maximum=3600.0)
+    repeat: float = duration(60.0, "Least time between two escalations.",
+                             minimum=0.0, maximum=86400.0)
+    command: list[str] = strings(
+        [], "Command (argv list) run on each escalation with the escalation as JSON on its "
+        "standard input; empty: none. It never blocks the engine.")
+    command_timeout: float = duration(30.0, "The command is killed after this long.",
+                                      minimum=0.1, maximum=3600.0)
 
     def reserve_for(self, total: int) -> float:
         return max(float(self.reserve), self.reserve_percent * total)

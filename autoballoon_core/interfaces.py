@@ -1,16 +1,21 @@
 """What a plugin provides: pressure sources, guest backends and policies.
 
-A plugin registers *specs* (name, factory, declared options) through the
-registration hooks in :mod:`autoballoon_core.hookspecs`. The engine builds the
-configured components from those factories with a :class:`PluginContext`.
+A component is a class deriving from :class:`PressureSource`, :class:`Backend`
+or :class:`Policy`; its name, its settings class (``schema``) and its
+description (the docstring's first paragraph) live on the class, and a plugin
+registers it with one call, ``register(MyPolicy)``, from the registration hooks
+in :mod:`autoballoon_core.hookspecs`. The engine builds every configured
+component the same way, ``MyPolicy.create(PluginContext(...))``, which calls
+``MyPolicy(context)`` unless the class overrides ``create``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from autoballoon_core.model import (
     Decision,
@@ -22,7 +27,7 @@ from autoballoon_core.model import (
     Snapshot,
     Trigger,
 )
-from autoballoon_core.options import Option
+from autoballoon_core.options import NoSettings, Option, S, Section, options_of
 
 if TYPE_CHECKING:
     from autoballoon_core.config import Config
@@ -44,31 +49,73 @@ EmitFn = Callable[[PressureEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
-class PluginContext:
-    """What a factory gets: its validated options and the whole configuration."""
+class PluginContext(Generic[S]):
+    """What a component gets when it is built.
+
+    ``settings`` is an instance of the component's ``schema``, validated (sizes
+    in bytes, durations in seconds, levels as :class:`PressureLevel`);
+    ``config`` is the whole configuration.
+    """
 
     name: str
-    options: Mapping[str, Any]
+    settings: S
     config: Config
 
 
-class PressureSource(abc.ABC):
+class Component:
+    """What every source, backend and policy has: a name, a schema, a description.
+
+    Subclasses set ``name`` and, when they take options, ``schema`` (a
+    :class:`~autoballoon_core.options.Section` subclass). The docstring's first
+    paragraph is the description ``autoballoonctl`` and the docs show.
+    """
+
+    name: str
+    """The component's name: ``[engine] policy = NAME``, ``[sources.NAME]``..."""
+    schema: ClassVar[type[Section]] = NoSettings
+    """The settings class of ``[sources.NAME]``, ``[backends.NAME]`` or ``[policies.NAME]``."""
+
+    def __init__(self, context: PluginContext[Any]) -> None:
+        self.name = context.name
+
+    @classmethod
+    def create(cls, context: PluginContext[Any]) -> Self:
+        """The factory the engine calls: ``cls(context)``; override for another
+        constructor."""
+        return cls(context)
+
+    @classmethod
+    def description(cls) -> str:
+        """The first paragraph of the class docstring, on one line."""
+        doc = inspect.getdoc(cls) or ""
+        return " ".join(doc.split("\n\n", 1)[0].split())
+
+    @classmethod
+    def options(cls) -> tuple[Option, ...]:
+        """The options ``schema`` declares."""
+        return options_of(cls.schema)
+
+
+class PressureSource(Component, abc.ABC):
     """Produces :class:`PressureEvent` s for the host or for one guest.
 
     Lifecycle: ``open()`` (fail fast with :class:`SourceUnavailable`), then
     ``run(emit)`` as a task until it is cancelled, then ``close()``.
     """
 
-    name: str
+    guest_scoped: ClassVar[bool] = False
+    """One stream per guest (``guest_added`` / ``guest_removed`` are called)."""
+    enabled_by_default: ClassVar[bool] = False
+    """On unless ``[sources.NAME] enabled = false``."""
 
-    async def open(self) -> None:  # noqa: B027 - optional step
+    async def open(self) -> None:
         """Open kernel files, check permissions; raise SourceUnavailable."""
 
     @abc.abstractmethod
     async def run(self, emit: EmitFn) -> None:
         """Wait for events and call ``emit`` for each; runs until cancelled."""
 
-    async def close(self) -> None:  # noqa: B027 - optional step
+    async def close(self) -> None:
         """Release what ``open`` took. Called once, also after a failure."""
 
     def readings(self) -> Mapping[str, float]:
@@ -79,13 +126,13 @@ class PressureSource(abc.ABC):
         """Status details for ``autoballoonctl status``."""
         return {}
 
-    def guest_added(self, guest: GuestState) -> None:  # noqa: B027 - optional hook
+    def guest_added(self, guest: GuestState) -> None:
         """A guest appeared (guest-scoped sources attach to it here)."""
 
-    def guest_removed(self, guest: GuestId) -> None:  # noqa: B027 - optional hook
+    def guest_removed(self, guest: GuestId) -> None:
         """A guest went away."""
 
-    def guest_stats(self, guest: GuestState, stats: GuestStats) -> None:  # noqa: B027
+    def guest_stats(self, guest: GuestState, stats: GuestStats) -> None:
         """A backend reported fresh balloon statistics for ``guest`` (optional hook).
 
         ``guest`` is a copy of the engine's state before the new stats.
@@ -109,10 +156,11 @@ class Inventory(Protocol):
     def guest_reachable(self, guest: GuestId, reachable: bool, why: str = "") -> None: ...
 
 
-class Backend(abc.ABC):
+class Backend(Component, abc.ABC):
     """Finds guests, follows them, reads their balloons and sets targets."""
 
-    name: str
+    enabled_by_default: ClassVar[bool] = False
+    """On unless ``[backends.NAME] enabled = false``."""
 
     @abc.abstractmethod
     async def start(self, inventory: Inventory) -> None:
@@ -130,10 +178,10 @@ class Backend(abc.ABC):
         timeout; do not retry here.
         """
 
-    async def stop(self) -> None:  # noqa: B027 - optional step
+    async def stop(self) -> None:
         """Disconnect and cancel the backend's tasks."""
 
-    def hint(self, name: str, event: str) -> None:  # noqa: B027 - optional hook
+    def hint(self, name: str, event: str) -> None:
         """A hypervisor hook script says guest ``name`` is ``event``.
 
         ``event`` is one of ``started``, ``stopped``, ``migrating``,
@@ -145,7 +193,7 @@ class Backend(abc.ABC):
         return {}
 
 
-class Policy(abc.ABC):
+class Policy(Component, abc.ABC):
     """Turns a snapshot and the trigger of a round into wanted targets.
 
     Policies are pure: no I/O, no sleeping; they must not mutate the snapshot.
@@ -153,42 +201,44 @@ class Policy(abc.ABC):
     them, so a policy may ask for anything.
     """
 
-    name: str
-
     @abc.abstractmethod
     def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]: ...
 
 
-SourceFactory = Callable[[PluginContext], PressureSource]
-BackendFactory = Callable[[PluginContext], Backend]
-PolicyFactory = Callable[[PluginContext], Policy]
+C = TypeVar("C", bound=Component)
 
 
 @dataclass(frozen=True, slots=True)
-class SourceSpec:
-    name: str
-    factory: SourceFactory
-    options: Sequence[Option] = ()
-    description: str = ""
-    guest_scoped: bool = False
-    enabled_by_default: bool = False
-    plugin: str = field(default="", compare=False)
+class Registered(Generic[C]):
+    """A registered component class and the plugin that registered it."""
+
+    component: type[C]
+    plugin: str
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return self.component.options()
+
+    @property
+    def description(self) -> str:
+        return self.component.description()
+
+    @property
+    def enabled_by_default(self) -> bool:
+        return bool(getattr(self.component, "enabled_by_default", False))
+
+    @property
+    def guest_scoped(self) -> bool:
+        return bool(getattr(self.component, "guest_scoped", False))
+
+    def create(self, name: str, settings: Section, config: Config) -> C:
+        """Build the component for ``config`` with its validated ``settings``."""
+        return self.component.create(PluginContext(name, settings, config))
 
 
-@dataclass(frozen=True, slots=True)
-class BackendSpec:
-    name: str
-    factory: BackendFactory
-    options: Sequence[Option] = ()
-    description: str = ""
-    enabled_by_default: bool = False
-    plugin: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySpec:
-    name: str
-    factory: PolicyFactory
-    options: Sequence[Option] = ()
-    description: str = ""
-    plugin: str = field(default="", compare=False)
+Register = Callable[[type[C]], None]
+"""The ``register`` argument of the registration hooks."""

@@ -1,20 +1,31 @@
-"""Typed option declarations and value parsing for configuration sections.
+"""The schema of configuration sections: typed settings classes and value parsing.
 
-Every plugin declares its options as a sequence of :class:`Option`; the config
-loader validates each section against them, so a bad value is rejected at load
-time with the file, the key, the value and what is allowed.
+Every section of the configuration (``[guards]``, ``[policies.NAME]``,
+``[sources.NAME]``...) has exactly one schema: a frozen dataclass deriving
+from :class:`Section` whose fields are declared with the helpers below
+(:func:`size`, :func:`duration`, :func:`number`...). The field's name is the
+key, its default is the default, the helper's arguments are the limits and the
+help text. From that one class come the validator (with errors naming the
+file, the key, the value and what is allowed), the defaults, ``autoballoonctl
+check-config``, the typed object a component's factory receives and the
+reference tables in docs/.
+
+Plain dataclasses rather than a validation library: the error messages are
+the project's own (which drop-in set the key, what is allowed), and the
+grammar for sizes and durations is shared with the guest agent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from autoballoon_core.model import PressureLevel
+from autoballoon_guest.agent import DURATION_UNITS, NUMBER_WITH_UNIT, SIZE_UNITS
 
 
 class Kind(enum.Enum):
@@ -32,25 +43,10 @@ class OptionError(ValueError):
     """A value that does not fit its option; the message says what is allowed."""
 
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
+# One grammar for the daemon and the guest agent: the units and the number syntax are
+# the agent's (stdlib-only, copied alone into guests), imported here.
 MAX_SIZE = 2**63 - 1
 MAX_DURATION = 10 * 365 * 86400.0
-_NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: object) -> int:
@@ -64,9 +60,9 @@ def parse_size(value: object) -> int:
             raise OptionError("too large (at most 8 EiB)")
         return value
     if isinstance(value, str):
-        match = _NUMBER_WITH_UNIT.match(value)
-        if match and match.group(2).lower() in _SIZE_UNITS:
-            size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        match = NUMBER_WITH_UNIT.match(value)
+        if match and match.group(2).lower() in SIZE_UNITS:
+            size = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
             if size > MAX_SIZE:
                 raise OptionError("too large (at most 8 EiB)")
             return int(size)
@@ -82,9 +78,9 @@ def parse_duration(value: object) -> float:
             raise OptionError("a duration cannot be negative or longer than ten years")
         return float(value)
     if isinstance(value, str):
-        match = _NUMBER_WITH_UNIT.match(value)
-        if match and match.group(2).lower() in _DURATION_UNITS:
-            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        match = NUMBER_WITH_UNIT.match(value)
+        if match and match.group(2).lower() in DURATION_UNITS:
+            seconds = float(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
             if seconds > MAX_DURATION:
                 raise OptionError("too long (at most ten years)")
             return seconds
@@ -153,9 +149,18 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    check: Callable[[Any], object] | None = None
+    """A format check of the parsed value; raises ``ValueError`` with the reason."""
+    format: str = ""
+    """What ``check`` accepts, for errors and docs (replaces the kind's description)."""
 
     def parse(self, value: object) -> Any:
         parsed = _PARSERS[self.kind](value)
+        if parsed is not None and self.check is not None:
+            try:
+                self.check(parsed)
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
         if self.choices is not None:
             items = parsed if isinstance(parsed, list) else [parsed]
             for item in items:
@@ -177,6 +182,8 @@ class Option:
 
     def allowed(self) -> str:
         """A one-line description of acceptable values, for errors and docs."""
+        if self.format:
+            return self.format
         text = self.kind.value
         if self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
@@ -188,5 +195,168 @@ class Option:
         return text + (f" ({', '.join(limits)})" if limits else "")
 
 
+class Section:
+    """Base of every settings class (a frozen dataclass of options).
+
+    Declare each field with one of the helpers (:func:`flag`, :func:`integer`,
+    :func:`number`, :func:`text`, :func:`strings`, :func:`size`,
+    :func:`duration`, :func:`level`); the field's type annotation is the type the
+    component reads::
+
+        @dataclass(frozen=True, slots=True)
+        class GentleSettings(Section):
+            step: int = size(8 * MiB, "Inflate step on CRITICAL.", minimum=4096)
+    """
+
+    __slots__ = ()
+
+
+class KeyedSection(Section, Mapping[str, Any]):
+    """A section that can also be read as a mapping, ``section["key"]``.
+
+    Only for the core modules that still read ``[daemon]``, ``[guards]`` and
+    ``[metrics]`` by key (the daemon, the metrics endpoint, the audit log);
+    read attributes in new code.
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def _keys(self) -> tuple[str, ...]:
+        return tuple(option.name for option in options_of(type(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class NoSettings(Section):
+    """The schema of a component without options."""
+
+
+S = TypeVar("S", bound=Section)
+
+
+@dataclass_transform(frozen_default=True)
+def settings(cls: type[S]) -> type[S]:
+    """Make ``cls`` a settings class: ``@dataclass(frozen=True, slots=True)``, spelled
+    so a plugin needs nothing but ``autoballoon_core``."""
+    return dataclass(frozen=True, slots=True)(cls)
+_META = "autoballoon.option"
+
+
+def _declare(kind: Kind, default: Any, help: str, **limits: Any) -> Any:
+    spec = {"kind": kind, "help": help, **limits}
+    if isinstance(default, list):
+        items = list(default)
+        return dataclasses.field(default_factory=lambda: list(items), metadata={_META: spec})
+    return dataclasses.field(default=default, metadata={_META: spec})
+
+
+def internal(default: Any = dataclasses.MISSING) -> Any:
+    """A field the core fills in itself: not a configuration key."""
+    return dataclasses.field(default=default, metadata={_META: None})
+
+
+def flag(default: bool | None, help: str) -> Any:
+    """A boolean key."""
+    return _declare(Kind.BOOL, default, help)
+
+
+def integer(default: int | None, help: str, *, minimum: int | None = None,
+            maximum: int | None = None) -> Any:
+    """An integer key."""
+    return _declare(Kind.INT, default, help, minimum=minimum, maximum=maximum)
+
+
+def number(default: float | None, help: str, *, minimum: float | None = None,
+           maximum: float | None = None) -> Any:
+    """A finite number (integers are accepted and read as floats)."""
+    return _declare(Kind.FLOAT, default, help, minimum=minimum, maximum=maximum)
+
+
+def text(default: str | None, help: str, *, choices: tuple[str, ...] | None = None,
+         check: Callable[[str], object] | None = None, format: str = "") -> Any:
+    """A string key; ``check`` raises ValueError for a badly formed one (``format`` says
+    what is accepted)."""
+    return _declare(Kind.STR, default, help, choices=choices, check=check, format=format)
+
+
+def strings(default: Sequence[str], help: str, *,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A list of strings (read as a ``list[str]``)."""
+    return _declare(Kind.STR_LIST, list(default), help, choices=choices)
+
+
+def size(default: int | None, help: str, *, minimum: int | None = None,
+         maximum: int | None = None) -> Any:
+    """Bytes, written as an integer or with a unit (``"16MiB"``, ``"1G"``)."""
+    return _declare(Kind.SIZE, default, help, minimum=minimum, maximum=maximum)
+
+
+def duration(default: float | None, help: str, *, minimum: float | None = None,
+             maximum: float | None = None) -> Any:
+    """Seconds, written as a number or with a unit (``"500ms"``, ``"2s"``, ``"1min"``)."""
+    return _declare(Kind.DURATION, default, help, minimum=minimum, maximum=maximum)
+
+
+def level(default: PressureLevel, help: str, *,
+          choices: tuple[PressureLevel, ...] | None = None) -> Any:
+    """A pressure level: none, low, medium or critical."""
+    return _declare(Kind.LEVEL, default, help, choices=choices)
+
+
+_OPTIONS: dict[type[Section], tuple[Option, ...]] = {}
+
+
+def options_of(schema: type[Section]) -> tuple[Option, ...]:
+    """The options a settings class declares, in field order."""
+    if schema not in _OPTIONS:
+        _OPTIONS[schema] = _declared(schema)
+    return _OPTIONS[schema]
+
+
+def _declared(schema: type[Section]) -> tuple[Option, ...]:
+    options = []
+    for item in dataclasses.fields(schema):  # type: ignore[arg-type]
+        if _META not in item.metadata:
+            raise TypeError(f"{schema.__name__}.{item.name} is not declared with an option "
+                            "helper (size, duration, number, ...)")
+        spec = item.metadata[_META]
+        if spec is None:
+            continue
+        default = (item.default_factory() if item.default_factory is not dataclasses.MISSING
+                   else item.default)
+        options.append(Option(item.name, default=default, **spec))
+    return tuple(options)
+
+
+def settings_from(schema: type[S], values: Mapping[str, object]) -> S:
+    """``schema`` from unparsed values (``"16MiB"``, ``"2s"``...); the others default.
+
+    For tests and tools that build settings without a file; raises
+    :class:`OptionError` naming the key.
+    """
+    by_name = {option.name: option for option in options_of(schema)}
+    parsed = {}
+    for key, value in values.items():
+        if key not in by_name:
+            raise OptionError(f"{key}: unknown key (known keys: {', '.join(sorted(by_name))})")
+        try:
+            parsed[key] = by_name[key].parse(value)
+        except OptionError as exc:
+            raise OptionError(f"{key}: {value!r} is not allowed: {exc}") from None
+    return schema(**parsed)
+
+
 def defaults(options: Sequence[Option]) -> dict[str, Any]:
-    return {option.name: option.default for option in options}
+    """Each option's default by name (a fresh list for list defaults)."""
+    return {option.name: list(option.default) if isinstance(option.default, list)
+            else option.default for option in options}

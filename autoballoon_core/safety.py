@@ -8,41 +8,36 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from autoballoon_core.model import (
-    Decision,
-    GuestState,
-    Origin,
-    PressureLevel,
-    Snapshot,
-    Veto,
-)
+from autoballoon_core.model import Decision, GuestState, Origin, PressureLevel, Snapshot, Veto
+from autoballoon_core.options import KeyedSection, duration, flag, number, size
 
 
 @dataclass(frozen=True, slots=True)
-class GuardSettings:
-    floor: int
-    floor_percent: float
-    max_step: int
-    min_change: int
-    cooldown: float
-    stall_timeout: float
-    stall_backoff: float
-    tolerance: int
+class GuardSettings(KeyedSection):
+    """``[guards]``: the invariants' limits."""
 
-    @classmethod
-    def from_options(cls, guards: Mapping[str, Any]) -> GuardSettings:
-        return cls(
-            floor=guards["floor"],
-            floor_percent=guards["floor_percent"],
-            max_step=guards["max_step"],
-            min_change=guards["min_change"],
-            cooldown=guards["cooldown"],
-            stall_timeout=guards["stall_timeout"],
-            stall_backoff=guards["stall_backoff"],
-            tolerance=guards["tolerance"],
-        )
+    floor: int = size(256 * 1024**2,
+                      "No guest is ballooned below this much memory (per-guest overrides win).")
+    floor_percent: float = number(
+        0.0, "Floor as a share of the guest's maximum; the larger floor wins.",
+        minimum=0.0, maximum=1.0)
+    max_step: int = size(512 * 1024**2, "Largest change of one guest in one action.",
+                         minimum=4096)
+    min_change: int = size(1024**2, "Smaller changes are not worth a command.", minimum=0)
+    cooldown: float = duration(
+        0.5, "A guest is not acted on again sooner, unless its own pressure rises.",
+        maximum=3600.0)
+    stall_timeout: float = duration(
+        15.0, "A balloon that has not moved half way to its target by then is stalled.",
+        minimum=0.5, maximum=3600.0)
+    stall_backoff: float = duration(60.0, "A stalled guest is left alone this long.",
+                                    maximum=86400.0)
+    tolerance: int = size(2 * 1024**2,
+                          "Balloon sizes this close to the target count as reached.", minimum=0)
+    release_on_exit: bool = flag(
+        False, "On a clean stop, give every managed guest its maximum back, in guarded steps "
+        "within host headroom.")
 
     def floor_for(self, max_bytes: int, explicit: int | None) -> int:
         """A guest's floor: explicit or default, raised by floor_percent, never above max."""

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -32,12 +32,12 @@ from autoballoon_core.engine import Engine
 from autoballoon_core.interfaces import (
     ActuatorError,
     Backend,
-    BackendSpec,
+    Component,
     EmitFn,
     Inventory,
     PluginContext,
     PressureSource,
-    SourceSpec,
+    Register,
 )
 from autoballoon_core.model import GuestInfo, GuestStats, PressureEvent, PressureLevel
 from autoballoon_core.plugins import collect, create_plugin_manager, hookimpl
@@ -49,8 +49,10 @@ SCRIPTED_SOURCE = "scripted"
 class FakeBackend(Backend):
     """Guests in memory. A balloon reaches its target at once unless ``frozen``."""
 
+    name = FAKE_BACKEND
+    enabled_by_default = True
+
     def __init__(self, guests: Mapping[str, tuple[int, int]]) -> None:
-        self.name = FAKE_BACKEND
         self.max = {f"{FAKE_BACKEND}:{n}": m for n, (m, _a) in guests.items()}
         self.actual = {f"{FAKE_BACKEND}:{n}": a for n, (_m, a) in guests.items()}
         self.calls: list[tuple[str, int]] = []
@@ -109,8 +111,10 @@ class FakeBackend(Backend):
 class ScriptedSource(PressureSource):
     """A source whose events the test pushes."""
 
+    name = SCRIPTED_SOURCE
+    enabled_by_default = True
+
     def __init__(self) -> None:
-        self.name = SCRIPTED_SOURCE
         self._emit: EmitFn | None = None
         self._ready = asyncio.Event()
 
@@ -127,24 +131,37 @@ class ScriptedSource(PressureSource):
         self._emit(event)
 
 
+C = TypeVar("C", bound=Component)
+
+
+def prebuilt(component: C, **attributes: Any) -> type[C]:
+    """A class to register whose ``create`` returns ``component``, already built.
+
+    For tests and benchmarks that hold on to the very object the engine uses;
+    ``attributes`` set class attributes such as ``enabled_by_default``.
+    """
+
+    def create(cls: type[C], context: PluginContext[Any]) -> C:
+        return component
+
+    namespace = {"create": classmethod(create), **attributes}
+    return type(f"Prebuilt{type(component).__name__}", (type(component),), namespace)
+
+
 class _HarnessPlugin:
+    """Registers the fake backend and the scripted source, built for this harness."""
+
     def __init__(self, backend: FakeBackend, source: ScriptedSource) -> None:
         self.backend = backend
         self.source = source
 
     @hookimpl
-    def autoballoon_register_backends(self, register: Callable[[BackendSpec], None]) -> None:
-        register(BackendSpec(FAKE_BACKEND, self._backend, enabled_by_default=True))
+    def autoballoon_register_backends(self, register: Register[Backend]) -> None:
+        register(prebuilt(self.backend))
 
     @hookimpl
-    def autoballoon_register_sources(self, register: Callable[[SourceSpec], None]) -> None:
-        register(SourceSpec(SCRIPTED_SOURCE, self._source, enabled_by_default=True))
-
-    def _backend(self, _context: PluginContext) -> Backend:
-        return self.backend
-
-    def _source(self, _context: PluginContext) -> PressureSource:
-        return self.source
+    def autoballoon_register_sources(self, register: Register[PressureSource]) -> None:
+        register(prebuilt(self.source))
 
 
 def build_config(data: Mapping[str, Any], registry: Any) -> configuration.Config:

@@ -55,28 +55,36 @@ class AgentError(Exception):
 
 # -- option parsing -------------------------------------------------------------
 
-_SIZE_UNITS = {
-    "": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
-    "mb": 1000 ** 2, "g": 1 << 30, "gib": 1 << 30, "gb": 1000 ** 3,
+SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 1000 ** 2,
+    "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40,
+    "tib": 1 << 40,
 }
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0}
+"""The size units of every autoballoon size, the daemon's config and this agent's
+options alike (autoballoon_core.options reads them from here: this file stays
+stdlib-only and self-contained, it is copied alone into guests)."""
+DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "m": 60.0, "min": 60.0,
+                  "h": 3600.0}
+"""The duration units, shared with the daemon's config the same way."""
+NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+"""A number and an optional unit: the one grammar of sizes and durations."""
 _NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z%]*)\s*$")
 
 
 def parse_size(text: str) -> int:
     """Bytes from ``"16MiB"``, ``"512k"`` or ``"1048576"``."""
-    match = _NUMBER.match(text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    match = NUMBER_WITH_UNIT.match(text)
+    if not match or match.group(2).lower() not in SIZE_UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16MiB, 512k, 1G)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
 def parse_duration(text: str) -> float:
     """Seconds from ``"5"``, ``"500ms"`` or ``"2s"``."""
-    match = _NUMBER.match(text)
-    if not match or match.group(2).lower() not in _DURATION_UNITS:
+    match = NUMBER_WITH_UNIT.match(text)
+    if not match or match.group(2).lower() not in DURATION_UNITS:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 5, 500ms, 2s)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    return float(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
 
 
 def parse_share(text: str) -> float:

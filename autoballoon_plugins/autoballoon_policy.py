@@ -45,12 +45,21 @@ Reasons state the figures the decision used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
-from autoballoon_core import hookimpl
-from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
+from autoballoon_core import (
+    PluginContext,
+    Policy,
+    Section,
+    duration,
+    flag,
+    hookimpl,
+    integer,
+    number,
+    size,
+)
+from autoballoon_core.interfaces import Register
 from autoballoon_core.model import (
     FALL_RATE_READING,
     Decision,
@@ -62,99 +71,76 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.options import Kind, Option
 from autoballoon_core.safety import current_target, fair_shares, under_pressure
 from autoballoon_plugins._policy_common import guest_free_now, host_figures, mib
 from autoballoon_plugins._policy_fill import water_fill
 
-OPTIONS: tuple[Option, ...] = (
-    Option("reserve_percent", Kind.FLOAT, 0.05,
-           "Host MemAvailable never promised to guests, as a share of host memory.",
-           minimum=0.0, maximum=0.9),
-    Option("reserve", Kind.SIZE, 64 * MiB,
-           "Host MemAvailable never promised to guests, in bytes; the larger reserve wins."),
-    Option("horizon", Kind.DURATION, 3.0,
-           "Seconds of the current fall of host memory planned for (the trend).",
-           minimum=0.0, maximum=600.0),
-    Option("band_percent", Kind.FLOAT, 0.05,
-           "Headroom above the exposure kept before memory is given back, as a share of "
-           "host memory (the dead band against take/give churn).",
-           minimum=0.0, maximum=0.5),
-    Option("critical_percent", Kind.FLOAT, 0.02,
-           "Below this share of host memory available the host is critical: guests above "
-           "their fair share are squeezed when idle memory is not enough.",
-           minimum=0.0, maximum=0.5),
-    Option("medium_reclaim_percent", Kind.FLOAT, 0.01,
-           "Least reclaimed on a MEDIUM host event, as a share of host memory.",
-           minimum=0.0, maximum=0.5),
-    Option("critical_reclaim_percent", Kind.FLOAT, 0.03,
-           "Least reclaimed on a CRITICAL host event, as a share of host memory.",
-           minimum=0.0, maximum=0.5),
-    Option("release_max_percent", Kind.FLOAT, 0.25,
-           "Most given back per round in all, as a share of host memory.",
-           minimum=0.0, maximum=1.0),
-    Option("guest_keep_free", Kind.SIZE, 64 * MiB,
-           "Free memory each guest keeps when its exposure is cut; above the guest kernel's "
-           "high watermark, or every cut drops page cache instead (with transparent huge "
-           "pages Linux keeps about 45 MiB free even in a small guest)."),
-    Option("guest_keep_percent", Kind.FLOAT, 0.10,
-           "Idle memory (free + caches) each guest keeps when taxed, as a share of its "
-           "current size.", minimum=0.0, maximum=1.0),
-    Option("guest_keep", Kind.SIZE, 64 * MiB,
-           "Idle memory each guest keeps when taxed, at least."),
-    Option("pressure_grant", Kind.SIZE, 64 * MiB,
-           "Deflate step for a guest under pressure that does not say how much it needs.",
-           minimum=MiB),
-    Option("pressure_budget_percent", Kind.FLOAT, 1.0,
-           "Most a guest is granted per minute, as a share of its maximum.",
-           minimum=0.0, maximum=10.0),
-    Option("free_page_reporting", Kind.BOOL, True,
-           "Guests return free pages to the host by themselves (free-page-reporting=on): "
-           "taking a guest's free memory frees nothing now, only its caches do."),
-    Option("inflate_hold", Kind.DURATION, 30.0,
-           "A guest given memory is not taxed again for this long unless the host is "
-           "critical (per-guest hysteresis against take-from-A-give-to-B churn).",
-           minimum=0.0, maximum=3600.0),
-    Option("grow_free", Kind.SIZE, 64 * MiB,
-           "Free memory a guest that has used up its own is topped up to each round (from "
-           "spare headroom first, then from other guests' free memory above this amount): "
-           "free memory follows use.", minimum=0),
-    Option("exposure_guests", Kind.INT, 1,
-           "How many guests' free memory the headroom covers, the most free first (0: every "
-           "guest's); guests whose balloon cannot move this round always count. Fewer leaves "
-           "guests more memory and relies on the trend when several grow at once.",
-           minimum=0),
-    Option("min_change", Kind.SIZE, 8 * MiB,
-           "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0),
-)
-
-BUDGET_WINDOW = 60.0
-
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    reserve_percent: float
-    reserve: int
-    horizon: float
-    band_percent: float
-    critical_percent: float
-    medium_reclaim_percent: float
-    critical_reclaim_percent: float
-    release_max_percent: float
-    guest_keep_free: int
-    guest_keep_percent: float
-    guest_keep: int
-    pressure_grant: int
-    pressure_budget_percent: float
-    free_page_reporting: bool
-    inflate_hold: float
-    grow_free: int
-    exposure_guests: int
-    min_change: int
+class Settings(Section):
+    """``[policies.autoballoon]``."""
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        return cls(**{f.name: options[f.name] for f in fields(cls)})
+    reserve_percent: float = number(
+        0.05, "Host MemAvailable never promised to guests, as a share of host memory.",
+        minimum=0.0, maximum=0.9)
+    reserve: int = size(
+        64 * MiB, "Host MemAvailable never promised to guests, in bytes; the larger reserve wins.")
+    horizon: float = duration(
+        3.0, "Seconds of the current fall of host memory planned for (the trend).",
+        minimum=0.0, maximum=600.0)
+    band_percent: float = number(
+        0.05, "Headroom above the exposure kept before memory is given back, as a share of "
+        "host memory (the dead band against take/give churn).",
+        minimum=0.0, maximum=0.5)
+    critical_percent: float = number(
+        0.02, "Below this share of host memory available the host is critical: guests above "
+        "their fair share are squeezed when idle memory is not enough.",
+        minimum=0.0, maximum=0.5)
+    medium_reclaim_percent: float = number(
+        0.01, "Least reclaimed on a MEDIUM host event, as a share of host memory.",
+        minimum=0.0, maximum=0.5)
+    critical_reclaim_percent: float = number(
+        0.03, "Least reclaimed on a CRITICAL host event, as a share of host memory.",
+        minimum=0.0, maximum=0.5)
+    release_max_percent: float = number(
+        0.25, "Most given back per round in all, as a share of host memory.",
+        minimum=0.0, maximum=1.0)
+    guest_keep_free: int = size(
+        64 * MiB, "Free memory each guest keeps when its exposure is cut; above the guest "
+        "kernel's high watermark, or every cut drops page cache instead (with transparent "
+        "huge pages Linux keeps about 45 MiB free even in a small guest).")
+    guest_keep_percent: float = number(
+        0.10, "Idle memory (free + caches) each guest keeps when taxed, as a share of its "
+        "current size.", minimum=0.0, maximum=1.0)
+    guest_keep: int = size(
+        64 * MiB, "Idle memory each guest keeps when taxed, at least.")
+    pressure_grant: int = size(
+        64 * MiB, "Deflate step for a guest under pressure that does not say how much it needs.",
+        minimum=MiB)
+    pressure_budget_percent: float = number(
+        1.0, "Most a guest is granted per minute, as a share of its maximum.",
+        minimum=0.0, maximum=10.0)
+    free_page_reporting: bool = flag(
+        True, "Guests return free pages to the host by themselves (free-page-reporting=on): "
+        "taking a guest's free memory frees nothing now, only its caches do.")
+    inflate_hold: float = duration(
+        30.0, "A guest given memory is not taxed again for this long unless the host is "
+        "critical (per-guest hysteresis against take-from-A-give-to-B churn).",
+        minimum=0.0, maximum=3600.0)
+    grow_free: int = size(
+        64 * MiB, "Free memory a guest that has used up its own is topped up to each round (from "
+        "spare headroom first, then from other guests' free memory above this amount): "
+        "free memory follows use.", minimum=0)
+    exposure_guests: int = integer(
+        1, "How many guests' free memory the headroom covers, the most free first (0: every "
+        "guest's); guests whose balloon cannot move this round always count. Fewer leaves "
+        "guests more memory and relies on the trend when several grow at once.",
+        minimum=0)
+    min_change: int = size(
+        8 * MiB, "Smaller per-guest moves are not asked for (per-guest hysteresis).", minimum=0)
+
+
+BUDGET_WINDOW = 60.0
 
 
 @dataclass(slots=True)
@@ -651,13 +637,18 @@ class AutoBalloonPolicy(Policy):
         return sorted(decisions, key=lambda d: d.guest)
 
 
-def make_policy(context: PluginContext) -> Policy:
-    return AutoBalloonPolicy(context.name, Settings.from_options(context.options))
+class Autoballoon(AutoBalloonPolicy):
+    """Keeps guests' free memory within what the host can pay; deflates guests under
+    pressure first, within the headroom; reclaims page caches; gives back at once."""
+
+    name = "autoballoon"
+    schema = Settings
+
+    @classmethod
+    def create(cls, context: PluginContext[Settings]) -> Autoballoon:
+        return cls(context.name, context.settings)
 
 
 @hookimpl
-def autoballoon_register_policies(register: Callable[[PolicySpec], None]) -> None:
-    register(PolicySpec(
-        "autoballoon", make_policy, OPTIONS,
-        "Keeps guests' free memory within what the host can pay; deflates guests under "
-        "pressure first, within the headroom; reclaims page caches; gives back at once."))
+def autoballoon_register_policies(register: Register[Policy]) -> None:
+    register(Autoballoon)

@@ -15,12 +15,11 @@ latest report).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from autoballoon_core import hookimpl
-from autoballoon_core.interfaces import EmitFn, PluginContext, PressureSource, SourceSpec
+from autoballoon_core.interfaces import EmitFn, PluginContext, PressureSource, Register
 from autoballoon_core.model import (
     GuestId,
     GuestState,
@@ -29,36 +28,25 @@ from autoballoon_core.model import (
     PressureEvent,
     PressureLevel,
 )
-from autoballoon_core.options import Kind, Option
+from autoballoon_core.options import Section, number, size
 
 NAME = "balloon-stats"
 
-OPTIONS = (
-    Option("low", Kind.FLOAT, 0.15, "LOW when available memory is below this share of the "
-           "guest's current size.", minimum=0.0, maximum=1.0),
-    Option("medium", Kind.FLOAT, 0.08, "MEDIUM below this share.", minimum=0.0, maximum=1.0),
-    Option("critical", Kind.FLOAT, 0.04, "CRITICAL below this share.", minimum=0.0, maximum=1.0),
-    Option("target", Kind.FLOAT, 0.20, "A guest under pressure asks for enough memory to have "
-           "this share available again.", minimum=0.0, maximum=1.0),
-    Option("fault_rate", Kind.FLOAT, 500.0, "Major faults per second that count as MEDIUM "
-           "pressure (the guest is re-reading evicted pages).", minimum=0.0),
-    Option("min_want", Kind.SIZE, 64 * MiB, "Least memory asked for under pressure."),
-)
-
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
-    low: float
-    medium: float
-    critical: float
-    target: float
-    fault_rate: float
-    min_want: int
+class Thresholds(Section):
+    """``[sources.balloon-stats]``: when a guest's statistics mean pressure."""
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Thresholds:
-        return cls(options["low"], options["medium"], options["critical"], options["target"],
-                   options["fault_rate"], options["min_want"])
+    low: float = number(0.15, "LOW when available memory is below this share of the "
+                        "guest's current size.", minimum=0.0, maximum=1.0)
+    medium: float = number(0.08, "MEDIUM below this share.", minimum=0.0, maximum=1.0)
+    critical: float = number(0.04, "CRITICAL below this share.", minimum=0.0, maximum=1.0)
+    target: float = number(0.20, "A guest under pressure asks for enough memory to have "
+                           "this share available again.", minimum=0.0, maximum=1.0)
+    fault_rate: float = number(500.0, "Major faults per second that count as MEDIUM "
+                               "pressure (the guest is re-reading evicted pages).",
+                               minimum=0.0)
+    min_want: int = size(64 * MiB, "Least memory asked for under pressure.")
 
 
 def judge(thresholds: Thresholds, size: int, stats: GuestStats,
@@ -95,6 +83,12 @@ def _growth(now: int | None, before: int | None) -> int:
 
 
 class BalloonStatsSource(PressureSource):
+    """Guest pressure from balloon statistics (no agent needed)."""
+
+    name = NAME
+    schema = Thresholds
+    guest_scoped = True
+
     def __init__(self, name: str, thresholds: Thresholds) -> None:
         self.name = name
         self.thresholds = thresholds
@@ -102,6 +96,10 @@ class BalloonStatsSource(PressureSource):
         self._last: dict[GuestId, GuestStats] = {}
         self._level: dict[GuestId, PressureLevel] = {}
         self.events = 0
+
+    @classmethod
+    def create(cls, context: PluginContext[Thresholds]) -> BalloonStatsSource:
+        return cls(context.name, context.settings)
 
     async def run(self, emit: EmitFn) -> None:
         self._emit = emit
@@ -136,12 +134,6 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
-def create(context: PluginContext) -> PressureSource:
-    return BalloonStatsSource(context.name, Thresholds.from_options(context.options))
-
-
 @hookimpl
-def autoballoon_register_sources(register: Callable[[SourceSpec], None]) -> None:
-    register(SourceSpec(NAME, create, OPTIONS,
-                        "Guest pressure from balloon statistics (no agent needed).",
-                        guest_scoped=True))
+def autoballoon_register_sources(register: Register[PressureSource]) -> None:
+    register(BalloonStatsSource)

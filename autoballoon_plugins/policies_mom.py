@@ -36,50 +36,68 @@ Mapping onto autoballoon (deviations, all documented in docs/policies.md):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
-from autoballoon_core.interfaces import PluginContext, Policy
-from autoballoon_core.model import Decision, GuestId, GuestState, Snapshot, Trigger, TriggerKind
-from autoballoon_core.options import Kind, Option
-from autoballoon_core.safety import current_target
+from autoballoon_core import (
+    Decision,
+    GuestId,
+    GuestState,
+    PluginContext,
+    Policy,
+    Section,
+    Snapshot,
+    Trigger,
+    TriggerKind,
+    current_target,
+    duration,
+    integer,
+    number,
+)
 from autoballoon_plugins._policy_common import Every, guest_free, host_figures, mib
 
-OPTIONS: tuple[Option, ...] = (
-    Option("interval", Kind.DURATION, 10.0,
-           "How often the rules run (MoM's policy-engine-interval).", minimum=0.1,
-           maximum=3600.0),
-    Option("sample_history", Kind.INT, 10,
-           "Samples averaged (MoM's sample-history-length); one sample per timer round.",
-           minimum=1, maximum=1000),
-    Option("pressure_threshold", Kind.FLOAT, 0.20,
-           "Host free share below which guests are shrunk.", minimum=0.0, maximum=1.0),
-    Option("pressure_critical", Kind.FLOAT, 0.05,
-           "Host free share at or below which guests are pushed into swap.",
-           minimum=0.0, maximum=1.0),
-    Option("min_guest_free_percent", Kind.FLOAT, 0.20,
-           "Free share an unconstrained guest keeps.", minimum=0.0, maximum=1.0),
-    Option("max_balloon_change_percent", Kind.FLOAT, 0.05,
-           "Largest change per run, as a share of the guest's current size.",
-           minimum=0.0, maximum=1.0),
-    Option("min_balloon_change_percent", Kind.FLOAT, 0.0025,
-           "Smaller changes (share of the current size) are not made.",
-           minimum=0.0, maximum=1.0),
-)
+
+@dataclass(frozen=True, slots=True)
+class MomSettings(Section):
+    interval: float = duration(10.0, "How often the rules run (MoM's policy-engine-interval).",
+                               minimum=0.1, maximum=3600.0)
+    sample_history: int = integer(
+        10, "Samples averaged (MoM's sample-history-length); one sample per timer round.",
+        minimum=1, maximum=1000)
+    pressure_threshold: float = number(0.20, "Host free share below which guests are shrunk.",
+                                       minimum=0.0, maximum=1.0)
+    pressure_critical: float = number(
+        0.05, "Host free share at or below which guests are pushed into swap.",
+        minimum=0.0, maximum=1.0)
+    min_guest_free_percent: float = number(0.20, "Free share an unconstrained guest keeps.",
+                                           minimum=0.0, maximum=1.0)
+    max_balloon_change_percent: float = number(
+        0.05, "Largest change per run, as a share of the guest's current size.",
+        minimum=0.0, maximum=1.0)
+    min_balloon_change_percent: float = number(
+        0.0025, "Smaller changes (share of the current size) are not made.",
+        minimum=0.0, maximum=1.0)
 
 
 class MomPolicy(Policy):
-    """MoM's balloon.rules on autoballoon snapshots."""
+    """oVirt MoM's default balloon rules: shrink all guests 5% per 10 s below 20% host free
+    memory, grow them back above it.
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        self.name = name
-        self.every = Every(options["interval"])
-        self.history: int = options["sample_history"]
-        self.threshold: float = options["pressure_threshold"]
-        self.critical: float = options["pressure_critical"]
-        self.guest_free_pct: float = options["min_guest_free_percent"]
-        self.max_change: float = options["max_balloon_change_percent"]
-        self.min_change: float = options["min_balloon_change_percent"]
+    MoM's balloon.rules on autoballoon snapshots.
+    """
+
+    name = "mom"
+    schema = MomSettings
+
+    def __init__(self, context: PluginContext[MomSettings]) -> None:
+        self.name = context.name
+        settings = context.settings
+        self.every = Every(settings.interval)
+        self.history = settings.sample_history
+        self.threshold = settings.pressure_threshold
+        self.critical = settings.pressure_critical
+        self.guest_free_pct = settings.min_guest_free_percent
+        self.max_change = settings.max_balloon_change_percent
+        self.min_change = settings.min_balloon_change_percent
         self._host: deque[float] = deque(maxlen=self.history)
         self._guests: dict[GuestId, deque[tuple[int, int]]] = {}
 
@@ -159,6 +177,3 @@ class MomPolicy(Policy):
                         f"mom: host free {host_free:.1%} >= {self.threshold:.0%}: grow to "
                         f"{mib(size)}")
 
-
-def make_mom(context: PluginContext) -> Policy:
-    return MomPolicy(context.name, context.options)

@@ -26,25 +26,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from autoballoon_core.interfaces import PluginContext, Policy
-from autoballoon_core.model import Decision, GuestId, MiB, Snapshot, Trigger, TriggerKind
-from autoballoon_core.options import Kind, Option
-from autoballoon_core.safety import current_target
+from autoballoon_core import (
+    Decision,
+    GuestId,
+    MiB,
+    PluginContext,
+    Policy,
+    Section,
+    Snapshot,
+    Trigger,
+    TriggerKind,
+    current_target,
+    duration,
+    number,
+    size,
+)
 from autoballoon_plugins._policy_common import Every, guest_free, host_figures, mib
 
-OPTIONS: tuple[Option, ...] = (
-    Option("interval", Kind.DURATION, 10.0, "How often the split runs (pvestatd's cycle).",
-           minimum=0.1, maximum=3600.0),
-    Option("target_percent", Kind.FLOAT, 80.0,
-           "Host memory usage to aim at, in percent (the node's ballooning-target).",
-           minimum=1.0, maximum=100.0),
-    Option("max_change", Kind.SIZE, 100 * MiB, "Largest move of one VM per cycle.",
-           minimum=4096),
-    Option("dead_band", Kind.SIZE, 10 * MiB,
-           "No action while the goal, up or down, is this small or less.", minimum=0),
-)
+
+@dataclass(frozen=True, slots=True)
+class ProxmoxSettings(Section):
+    interval: float = duration(10.0, "How often the split runs (pvestatd's cycle).",
+                               minimum=0.1, maximum=3600.0)
+    target_percent: float = number(
+        80.0, "Host memory usage to aim at, in percent (the node's ballooning-target).",
+        minimum=1.0, maximum=100.0)
+    max_change: int = size(100 * MiB, "Largest move of one VM per cycle.", minimum=4096)
+    dead_band: int = size(10 * MiB,
+                          "No action while the goal, up or down, is this small or less.",
+                          minimum=0)
+
 
 DEFAULT_SHARES = 1000
 
@@ -130,14 +142,22 @@ def compute(vms: Mapping[GuestId, VmStatus], goal: int, max_change: int,
 
 
 class ProxmoxPolicy(Policy):
-    """Proxmox VE's compute_alg1 on autoballoon snapshots."""
+    """Proxmox VE's auto-ballooning: hold host usage at 80% by share-weighted moves of at
+    most 100 MiB per VM every 10 s.
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        self.name = name
-        self.every = Every(options["interval"])
-        self.target: float = options["target_percent"]
-        self.max_change: int = options["max_change"]
-        self.dead_band: int = options["dead_band"]
+    Proxmox VE's compute_alg1 on autoballoon snapshots.
+    """
+
+    name = "proxmox"
+    schema = ProxmoxSettings
+
+    def __init__(self, context: PluginContext[ProxmoxSettings]) -> None:
+        self.name = context.name
+        settings = context.settings
+        self.every = Every(settings.interval)
+        self.target = settings.target_percent
+        self.max_change = settings.max_change
+        self.dead_band = settings.dead_band
 
     def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
         if trigger.kind is not TriggerKind.TICK:
@@ -163,6 +183,3 @@ class ProxmoxPolicy(Policy):
             for vid, target in sorted(moves.items())
         ]
 
-
-def make_proxmox(context: PluginContext) -> Policy:
-    return ProxmoxPolicy(context.name, context.options)

@@ -29,17 +29,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from autoballoon_core import hookimpl
+from autoballoon_core import hookimpl, options
 from autoballoon_core.interfaces import (
     PluginContext,
-    SourceSpec,
+    PressureSource,
+    Register,
     SourceUnavailable,
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_core.options import Kind, Option
 from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
-from autoballoon_plugins._kernel_options import CheckedOption
 from autoballoon_plugins._kernel_psi import (
     UNPRIVILEGED_GRANULARITY_US,
     PsiTrigger,
@@ -70,24 +70,24 @@ _TRIGGER_FORMAT = (
 )
 
 
-def _trigger_option(level: str, help_text: str) -> Option:
-    return CheckedOption(level, Kind.STR, DEFAULT_TRIGGERS[level], help_text,
-                         check=check_trigger_option, format=_TRIGGER_FORMAT)
+def _trigger(level: str, help_text: str) -> Any:
+    return options.text(DEFAULT_TRIGGERS[level], help_text, check=check_trigger_option,
+                format=_TRIGGER_FORMAT)
 
 
-OPTIONS: tuple[Option, ...] = (
-    _trigger_option("low", "Trigger for LOW: memory reclaim starts to cost a little."),
-    _trigger_option("medium", "Trigger for MEDIUM: tasks wait on memory noticeably."),
-    _trigger_option("critical",
-                    "Trigger for CRITICAL: every non-idle task stalled on memory at once."),
-    Option("system", Kind.BOOL, True, "Watch the system-wide /proc/pressure/memory."),
-    Option("cgroup", Kind.STR, "",
-           "Also watch this cgroup v2 directory's memory.pressure (the cgroup holding the "
-           "guests); empty: system-wide only."),
-    Option("adapt_window", Kind.BOOL, True,
-           "Without CAP_SYS_RESOURCE, round a refused window up to a multiple of 2 s "
-           "(keeping the stalled share) instead of refusing to start."),
-)
+@dataclass(frozen=True, slots=True)
+class PsiSettings(options.Section):
+    low: str = _trigger("low", "Trigger for LOW: memory reclaim starts to cost a little.")
+    medium: str = _trigger("medium", "Trigger for MEDIUM: tasks wait on memory noticeably.")
+    critical: str = _trigger(
+        "critical", "Trigger for CRITICAL: every non-idle task stalled on memory at once.")
+    system: bool = options.flag(True, "Watch the system-wide /proc/pressure/memory.")
+    cgroup: str = options.text(
+        "", "Also watch this cgroup v2 directory's memory.pressure (the cgroup holding the "
+        "guests); empty: system-wide only.")
+    adapt_window: bool = options.flag(
+        True, "Without CAP_SYS_RESOURCE, round a refused window up to a multiple of 2 s "
+        "(keeping the stalled share) instead of refusing to start.")
 
 
 @dataclass(slots=True)
@@ -167,7 +167,13 @@ def read_pressure(path: Path) -> dict[str, float]:
 
 
 class PsiSource(FdWatchingSource[_Watch]):
-    """Host (and optionally one cgroup v2) memory pressure from PSI triggers."""
+    """PSI memory pressure triggers (system-wide and/or one cgroup v2).
+
+    Host (and optionally one cgroup v2) memory pressure from PSI triggers.
+    """
+
+    name = "psi"
+    schema = PsiSettings
 
     def __init__(self, name: str, triggers: Mapping[PressureLevel, str], *, system: bool,
                  cgroup: str, adapt_window: bool) -> None:
@@ -178,6 +184,13 @@ class PsiSource(FdWatchingSource[_Watch]):
         self.adapt_window = adapt_window
         self.privileged = False
         self._watches: list[_Watch] = []
+
+    @classmethod
+    def create(cls, context: PluginContext[PsiSettings]) -> PsiSource:
+        s = context.settings
+        triggers = {level: getattr(s, key) for level, key in LEVEL_OPTIONS.items()}
+        return cls(context.name, triggers, system=s.system, cgroup=s.cgroup,
+                   adapt_window=s.adapt_window)
 
     def _watched_items(self) -> list[_Watch]:
         return self._watches
@@ -335,21 +348,6 @@ class PsiSource(FdWatchingSource[_Watch]):
         return min(w.trigger.window_us for w in self._watches) / 10 / 1e6
 
 
-def _factory(context: PluginContext) -> PsiSource:
-    options = context.options
-    triggers = {level: options[key] for level, key in LEVEL_OPTIONS.items()}
-    return PsiSource(context.name, triggers, system=options["system"],
-                     cgroup=options["cgroup"], adapt_window=options["adapt_window"])
-
-
-SPEC = SourceSpec(
-    name="psi",
-    factory=_factory,
-    options=OPTIONS,
-    description="PSI memory pressure triggers (system-wide and/or one cgroup v2)",
-)
-
-
 @hookimpl
-def autoballoon_register_sources(register: Callable[[SourceSpec], None]) -> None:
-    register(SPEC)
+def autoballoon_register_sources(register: Register[PressureSource]) -> None:
+    register(PsiSource)

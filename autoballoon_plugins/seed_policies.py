@@ -13,42 +13,65 @@ objection that nothing ever re-grows the guests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from autoballoon_core import hookimpl
-from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
-from autoballoon_core.model import (
+from autoballoon_core import (
     Decision,
     GuestState,
     MiB,
+    PluginContext,
+    Policy,
     PressureLevel,
+    Section,
     Snapshot,
     Trigger,
     TriggerKind,
+    current_target,
+    duration,
+    hookimpl,
+    level,
+    size,
 )
-from autoballoon_core.options import Kind, Option
-from autoballoon_core.safety import current_target
+from autoballoon_core.interfaces import Register
 
-RELEASE_OPTIONS = (
-    Option("release_after", Kind.DURATION, 30.0,
-           "Give memory back once host pressure has been NONE this long; 0 never.",
-           maximum=86400.0),
-    Option("release_step", Kind.SIZE, 64 * MiB,
-           "How much each guest gets back per timer round while releasing.", minimum=4096),
-)
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSettings(Section):
+    """The give-back options both seed policies share."""
+
+    release_after: float = duration(
+        30.0, "Give memory back once host pressure has been NONE this long; 0 never.",
+        maximum=86400.0)
+    release_step: int = size(64 * MiB,
+                             "How much each guest gets back per timer round while releasing.",
+                             minimum=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedSettings(ReleaseSettings):
+    step: int = size(16 * MiB, "Inflate step per MEDIUM event.", minimum=4096)
+    level: PressureLevel = level(
+        PressureLevel.MEDIUM, "Lowest level that inflates (the seed used MEDIUM).",
+        choices=(PressureLevel.LOW, PressureLevel.MEDIUM, PressureLevel.CRITICAL))
+
+
+@dataclass(frozen=True, slots=True)
+class LevelsSettings(ReleaseSettings):
+    low: int = size(1 * MiB, "Inflate step on LOW.")
+    medium: int = size(16 * MiB, "Inflate step on MEDIUM.")
+    critical: int = size(128 * MiB, "Inflate step on CRITICAL.")
 
 
 class SeedPolicy(Policy):
     """Inflate by a per-level step on host pressure; release slowly when calm."""
 
     def __init__(self, name: str, steps: Mapping[PressureLevel, int],
-                 options: Mapping[str, Any]) -> None:
+                 release: ReleaseSettings) -> None:
         self.name = name
         self.steps = dict(steps)
-        self.release_after: float = options["release_after"]
-        self.release_step: int = options["release_step"]
-
+        self.release_after = release.release_after
+        self.release_step = release.release_step
     def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
         if trigger.kind is TriggerKind.HOST_PRESSURE:
             step = self.steps.get(trigger.level, 0)
@@ -74,42 +97,32 @@ def _ballooned(guest: GuestState) -> bool:
     return current_target(guest) < guest.max_bytes
 
 
-FIXED_OPTIONS = (
-    Option("step", Kind.SIZE, 16 * MiB, "Inflate step per MEDIUM event.", minimum=4096),
-    Option("level", Kind.LEVEL, PressureLevel.MEDIUM,
-           "Lowest level that inflates (the seed used MEDIUM).",
-           choices=(PressureLevel.LOW, PressureLevel.MEDIUM, PressureLevel.CRITICAL)),
-    *RELEASE_OPTIONS,
-)
+class SeedFixed(SeedPolicy):
+    """The 2013 seed: a fixed inflate step on every MEDIUM host event."""
 
-LEVELS_OPTIONS = (
-    Option("low", Kind.SIZE, 1 * MiB, "Inflate step on LOW."),
-    Option("medium", Kind.SIZE, 16 * MiB, "Inflate step on MEDIUM."),
-    Option("critical", Kind.SIZE, 128 * MiB, "Inflate step on CRITICAL."),
-    *RELEASE_OPTIONS,
-)
+    name = "seed-fixed"
+    schema = FixedSettings
+
+    def __init__(self, context: PluginContext[FixedSettings]) -> None:
+        s = context.settings
+        steps = {lvl: s.step for lvl in PressureLevel if lvl >= s.level and lvl}
+        super().__init__(context.name, steps, s)
 
 
-def make_fixed(context: PluginContext) -> Policy:
-    options = context.options
-    lowest: PressureLevel = options["level"]
-    steps = {level: options["step"] for level in PressureLevel if level >= lowest and level}
-    return SeedPolicy(context.name, steps, options)
+class SeedLevels(SeedPolicy):
+    """The 2013 seed's planned variant: 1/16/128 MiB on LOW/MEDIUM/CRITICAL."""
 
+    name = "seed-levels"
+    schema = LevelsSettings
 
-def make_levels(context: PluginContext) -> Policy:
-    options = context.options
-    steps = {
-        PressureLevel.LOW: options["low"],
-        PressureLevel.MEDIUM: options["medium"],
-        PressureLevel.CRITICAL: options["critical"],
-    }
-    return SeedPolicy(context.name, steps, options)
+    def __init__(self, context: PluginContext[LevelsSettings]) -> None:
+        s = context.settings
+        steps = {PressureLevel.LOW: s.low, PressureLevel.MEDIUM: s.medium,
+                 PressureLevel.CRITICAL: s.critical}
+        super().__init__(context.name, steps, s)
 
 
 @hookimpl
-def autoballoon_register_policies(register: Callable[[PolicySpec], None]) -> None:
-    register(PolicySpec("seed-fixed", make_fixed, FIXED_OPTIONS,
-                        "The 2013 seed: a fixed inflate step on every MEDIUM host event."))
-    register(PolicySpec("seed-levels", make_levels, LEVELS_OPTIONS,
-                        "The 2013 seed's planned variant: 1/16/128 MiB on LOW/MEDIUM/CRITICAL."))
+def autoballoon_register_policies(register: Register[Policy]) -> None:
+    register(SeedFixed)
+    register(SeedLevels)

@@ -20,17 +20,19 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import (
     PluginContext,
-    SourceSpec,
+    PressureSource,
+    Register,
     SourceUnavailable,
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_core.options import Kind, Option
+from autoballoon_core.options import Section, strings, text
 from autoballoon_plugins._kernel_watch import FdWatchingSource
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,20 @@ LEVELS = ("low", "medium", "critical")
 MODES = ("default", "hierarchy", "local")
 DEFAULT_CGROUP = "/sys/fs/cgroup/memory"
 
-OPTIONS = (
-    Option("cgroup", Kind.STR, DEFAULT_CGROUP,
-           "Memory cgroup (v1) directory to watch; the default is the root, i.e. the "
-           "whole host. Point it at the cgroup that holds the guests when they have a "
-           "memory limit of their own."),
-    Option("levels", Kind.STR_LIST, list(LEVELS),
-           "Levels to register; each fires for pressure at that level or higher.",
-           choices=LEVELS),
-    Option("mode", Kind.STR, "default",
-           "Propagation mode: 'default' (events go up the hierarchy until a cgroup "
-           "with a listener handles them), 'hierarchy' (every ancestor with a listener "
-           "is told) or 'local' (only pressure in this very cgroup).",
-           choices=MODES),
-)
+@dataclass(frozen=True, slots=True)
+class VmpressureSettings(Section):
+    cgroup: str = text(
+        DEFAULT_CGROUP, "Memory cgroup (v1) directory to watch; the default is the root, i.e. "
+        "the whole host. Point it at the cgroup that holds the guests when they have a "
+        "memory limit of their own.")
+    levels: list[str] = strings(
+        LEVELS, "Levels to register; each fires for pressure at that level or higher.",
+        choices=LEVELS)
+    mode: str = text(
+        "default", "Propagation mode: 'default' (events go up the hierarchy until a cgroup "
+        "with a listener handles them), 'hierarchy' (every ancestor with a listener "
+        "is told) or 'local' (only pressure in this very cgroup).",
+        choices=MODES)
 
 
 def registration_line(eventfd: int, level_fd: int, level: str, mode: str) -> str:
@@ -86,7 +88,13 @@ class _Listener:
 
 
 class VmpressureSource(FdWatchingSource[_Listener]):
-    """Host (or memory cgroup) pressure from cgroup v1 vmpressure eventfds."""
+    """cgroup v1 memory pressure levels (low/medium/critical) via eventfd.
+
+    Host (or memory cgroup) pressure from cgroup v1 vmpressure eventfds.
+    """
+
+    name = "vmpressure"
+    schema = VmpressureSettings
 
     def __init__(self, name: str, cgroup: str, levels: list[str], mode: str) -> None:
         self.name = name
@@ -96,6 +104,11 @@ class VmpressureSource(FdWatchingSource[_Listener]):
         self.mode = mode
         self._counts = dict.fromkeys(self.levels, 0)
         self._listeners: list[_Listener] = []
+
+    @classmethod
+    def create(cls, context: PluginContext[VmpressureSettings]) -> VmpressureSource:
+        s = context.settings
+        return cls(context.name, s.cgroup, list(s.levels), s.mode)
 
     def _watched_items(self) -> list[_Listener]:
         return self._listeners
@@ -205,20 +218,6 @@ class VmpressureSource(FdWatchingSource[_Listener]):
         }
 
 
-def _factory(context: PluginContext) -> VmpressureSource:
-    options = context.options
-    return VmpressureSource(context.name, options["cgroup"], list(options["levels"]),
-                            options["mode"])
-
-
-SPEC = SourceSpec(
-    name="vmpressure",
-    factory=_factory,
-    options=OPTIONS,
-    description="cgroup v1 memory pressure levels (low/medium/critical) via eventfd",
-)
-
-
 @hookimpl
-def autoballoon_register_sources(register: Callable[[SourceSpec], None]) -> None:
-    register(SPEC)
+def autoballoon_register_sources(register: Register[PressureSource]) -> None:
+    register(VmpressureSource)

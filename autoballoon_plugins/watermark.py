@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from autoballoon_core import hookimpl
 from autoballoon_core.hostmem import UNLIMITED, HostMemory, HostMemoryReader
@@ -29,12 +30,11 @@ from autoballoon_core.interfaces import (
     EmitFn,
     PluginContext,
     PressureSource,
-    SourceSpec,
+    Register,
     SourceUnavailable,
 )
 from autoballoon_core.model import FALL_RATE_READING, PressureEvent, PressureLevel
-from autoballoon_core.options import Kind, Option, OptionError, parse_size
-from autoballoon_plugins._kernel_options import CheckedOption
+from autoballoon_core.options import OptionError, Section, duration, parse_size, text
 
 log = logging.getLogger(__name__)
 
@@ -77,34 +77,32 @@ def parse_amount(text: str) -> Amount:
         raise ValueError(f"{text!r}: expected {_AMOUNT_FORMAT}") from None
 
 
-def _amount_option(name: str, default: str, help_text: str) -> Option:
-    return CheckedOption(name, Kind.STR, default, help_text, check=parse_amount,
-                         format=_AMOUNT_FORMAT)
+def _amount(default: str, help_text: str) -> Any:
+    return text(default, help_text, check=parse_amount, format=_AMOUNT_FORMAT)
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("period", Kind.DURATION, 1.0,
-           "How often available memory is read. Keep it below the engine's "
-           "host_pressure_hold, or the level lapses between readings.",
-           minimum=0.1, maximum=60.0),
-    _amount_option("low", "20%", "LOW when available memory falls below this."),
-    _amount_option("medium", "10%", "MEDIUM when available memory falls below this."),
-    _amount_option("critical", "5%", "CRITICAL when available memory falls below this."),
-    _amount_option("hysteresis", "2%",
-                   "A level is left only when available memory is this much above its "
-                   "threshold."),
-    Option("trend_window", Kind.DURATION, 2.0,
-           "Window over which the rate of fall of available memory is measured (the "
-           "trend, published as the memory.fall_rate_bytes reading).",
-           minimum=0.1, maximum=600.0),
-    Option("horizon", Kind.DURATION, 2.0,
-           "The level is that of the memory available this many seconds ahead at the "
-           "current rate of fall (0: the level of what is available now).",
-           minimum=0.0, maximum=600.0),
-    Option("cgroup", Kind.STR, "",
-           "Watch this memory cgroup (v1 limit/usage or v2 memory.max/current) instead of "
-           "the whole host; empty: /proc/meminfo."),
-)
+@dataclass(frozen=True, slots=True)
+class WatermarkSettings(Section):
+    period: float = duration(
+        1.0, "How often available memory is read. Keep it below the engine's "
+        "host_pressure_hold, or the level lapses between readings.",
+        minimum=0.1, maximum=60.0)
+    low: str = _amount("20%", "LOW when available memory falls below this.")
+    medium: str = _amount("10%", "MEDIUM when available memory falls below this.")
+    critical: str = _amount("5%", "CRITICAL when available memory falls below this.")
+    hysteresis: str = _amount(
+        "2%", "A level is left only when available memory is this much above its threshold.")
+    trend_window: float = duration(
+        2.0, "Window over which the rate of fall of available memory is measured (the "
+        "trend, published as the memory.fall_rate_bytes reading).",
+        minimum=0.1, maximum=600.0)
+    horizon: float = duration(
+        2.0, "The level is that of the memory available this many seconds ahead at the "
+        "current rate of fall (0: the level of what is available now).",
+        minimum=0.0, maximum=600.0)
+    cgroup: str = text(
+        "", "Watch this memory cgroup (v1 limit/usage or v2 memory.max/current) instead of "
+        "the whole host; empty: /proc/meminfo.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +162,13 @@ def next_level(
 
 
 class WatermarkSource(PressureSource):
-    """Polls available memory every ``period`` and reports a level with hysteresis."""
+    """available memory (host or one memory cgroup) against thresholds, polled.
+
+    Polls available memory every ``period`` and reports a level with hysteresis.
+    """
+
+    name = "watermark"
+    schema = WatermarkSettings
 
     def __init__(self, name: str, thresholds: Thresholds, period: float, cgroup: str,
                  reader: HostMemoryReader | None = None,
@@ -183,6 +187,15 @@ class WatermarkSource(PressureSource):
         self.samples = 0
         self.events = 0
         self._unreadable = False
+
+    @classmethod
+    def create(cls, context: PluginContext[WatermarkSettings]) -> WatermarkSource:
+        s = context.settings
+        thresholds = Thresholds(low=parse_amount(s.low), medium=parse_amount(s.medium),
+                                critical=parse_amount(s.critical),
+                                hysteresis=parse_amount(s.hysteresis))
+        return cls(context.name, thresholds, s.period, s.cgroup,
+                   trend_window=s.trend_window, horizon=s.horizon)
 
     async def open(self) -> None:
         if self.cgroup is not None:
@@ -301,26 +314,6 @@ def _percent(memory: HostMemory) -> float:
     return 100.0 * memory.available / memory.total
 
 
-def _factory(context: PluginContext) -> WatermarkSource:
-    options = context.options
-    thresholds = Thresholds(
-        low=parse_amount(options["low"]),
-        medium=parse_amount(options["medium"]),
-        critical=parse_amount(options["critical"]),
-        hysteresis=parse_amount(options["hysteresis"]),
-    )
-    return WatermarkSource(context.name, thresholds, options["period"], options["cgroup"],
-                           trend_window=options["trend_window"], horizon=options["horizon"])
-
-
-SPEC = SourceSpec(
-    name="watermark",
-    factory=_factory,
-    options=OPTIONS,
-    description="available memory (host or one memory cgroup) against thresholds, polled",
-)
-
-
 @hookimpl
-def autoballoon_register_sources(register: Callable[[SourceSpec], None]) -> None:
-    register(SPEC)
+def autoballoon_register_sources(register: Register[PressureSource]) -> None:
+    register(WatermarkSource)

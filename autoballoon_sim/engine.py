@@ -14,9 +14,7 @@ speed.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -72,7 +70,7 @@ def guest_id(index: int) -> str:
 
 
 class SimEngine:
-    def __init__(self, policy: Policy, guard: safety.GuardSettings, engine: Mapping[str, Any],
+    def __init__(self, policy: Policy, guard: safety.GuardSettings, engine: EngineSettings,
                  model: HostModel, *, stats_interval: float = 5.0,
                  guest_event_period: float = 2.0,
                  escalation: EscalationSettings | None = None,
@@ -84,7 +82,7 @@ class SimEngine:
         self.counters = EngineCounters()
         self.rounds: list[PlannedRound] = []
         self.keep_rounds = False
-        self.core = EngineCore(EngineSettings.from_options(engine), guard, self._decide, 0.0,
+        self.core = EngineCore(engine, guard, self._decide, 0.0,
                                host_memory=self._host_memory, readings=self._readings,
                                escalation=escalation or EscalationSettings(enabled=False))
         self.ids = [guest_id(i) for i in range(model.n)]

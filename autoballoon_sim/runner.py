@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 
 from autoballoon_core.config import Config
-from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
-from autoballoon_core.options import defaults
+from autoballoon_core.interfaces import Policy, Registered
+from autoballoon_core.options import OptionError, settings_from
 from autoballoon_core.plugins import collect, create_plugin_manager
-from autoballoon_core.safety import GuardSettings
 from autoballoon_sim import workload
 from autoballoon_sim.config import default_config
 from autoballoon_sim.engine import EngineCounters, SimEngine
@@ -72,27 +71,26 @@ class RunResult:
         }
 
 
-def policy_specs() -> dict[str, PolicySpec]:
+def policy_specs() -> dict[str, Registered[Policy]]:
     """Every policy the installed plugins register, by name."""
     return dict(collect(create_plugin_manager()).policies)
 
 
-def make_config(policy: str, options: Mapping[str, Any], engine: Mapping[str, Any],
-                guards: Mapping[str, Any]) -> Config:
-    return default_config(policy, options, engine, guards)
+def make_config(spec: Registered[Policy], options: Mapping[str, Any],
+                engine: Mapping[str, Any], guards: Mapping[str, Any]) -> Config:
+    """A default config whose policy is ``spec`` with ``options`` (unparsed values)."""
+    try:
+        settings = settings_from(spec.component.schema, options)
+    except OptionError as exc:
+        raise ValueError(f"policy {spec.name!r}: {exc}") from None
+    return default_config(spec.name, settings, engine, guards)
 
 
-def build_policy(spec: PolicySpec, options: Mapping[str, Any], config: Config) -> Policy:
-    by_name = {o.name: o for o in spec.options}
-    unknown = set(options) - set(by_name)
-    if unknown:
-        raise ValueError(f"policy {spec.name!r} has no option(s) {', '.join(sorted(unknown))}")
-    values = {**defaults(spec.options),
-              **{k: by_name[k].parse(v) for k, v in options.items()}}
-    return spec.factory(PluginContext(spec.name, values, config))
+def build_policy(spec: Registered[Policy], config: Config) -> Policy:
+    return spec.create(spec.name, config.policy_options, config)
 
 
-def run(spec: RunSpec, specs: Mapping[str, PolicySpec] | None = None) -> RunResult:
+def run(spec: RunSpec, specs: Mapping[str, Registered[Policy]] | None = None) -> RunResult:
     specs = policy_specs() if specs is None else specs
     if spec.policy not in specs:
         raise PolicyMissing(f"policy {spec.policy!r} is not registered "
@@ -101,9 +99,10 @@ def run(spec: RunSpec, specs: Mapping[str, PolicySpec] | None = None) -> RunResu
     demand = workload.Demand(trace, spec.guests, spec.seed)
     total = float(demand.max_bytes.sum()) / trace.overcommit
     model = HostModel(demand.max_bytes, total, demand.cache_rate, demand.cache_max, spec.params)
-    config = make_config(spec.policy, {}, spec.engine_options, spec.guard_options)
-    policy = build_policy(specs[spec.policy], spec.policy_options, config)
-    engine = SimEngine(policy, GuardSettings.from_options(config.guards), config.engine, model)
+    config = make_config(specs[spec.policy], spec.policy_options, spec.engine_options,
+                         spec.guard_options)
+    policy = build_policy(specs[spec.policy], config)
+    engine = SimEngine(policy, config.guards, config.engine, model)
     steps = round(spec.hours * 3600 / spec.dt)
     next_sample = 0.0
     started = time.perf_counter()

@@ -25,7 +25,7 @@ import contextlib
 import importlib.metadata
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoballoon_core import hookimpl
 from autoballoon_core.engine import Engine
-from autoballoon_core.interfaces import Policy, PolicySpec
+from autoballoon_core.interfaces import Policy, Register
 from autoballoon_core.model import (
     Decision,
     MiB,
@@ -67,8 +67,8 @@ class InflateAll(Policy):
 
 class BenchPlugin:
     @hookimpl
-    def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
-        register(PolicySpec(POLICY, lambda _context: InflateAll()))
+    def autoballoon_register_policies(self, register: Register[Policy]) -> None:
+        register(InflateAll)
 
 
 def domain_xml(name: str, memory_mib: int = 512) -> str:

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoballoon_core.engine_core import EscalationSettings
 from autoballoon_core.model import PressureLevel
-from autoballoon_core.safety import GuardSettings
 from autoballoon_plugins.watermark import FallRate, Thresholds, next_level, parse_amount
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
@@ -126,9 +125,10 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None,
     engine = None
     if config in POLICIES:
         options = policy_options or {}
-        cfg = make_config(config, options, {"tick_interval": 2.0}, {})
-        policy = build_policy(policy_specs()[config], options, cfg)
-        engine = SimEngine(policy, GuardSettings.from_options(cfg.guards), cfg.engine, model,
+        spec = policy_specs()[config]
+        cfg = make_config(spec, options, {"tick_interval": 2.0}, {})
+        policy = build_policy(spec, cfg)
+        engine = SimEngine(policy, cfg.guards, cfg.engine, model,
                            stats_interval=2.0, guest_event_period=0.5,
                            escalation=EscalationSettings())
     elif config == "static":

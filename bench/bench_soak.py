@@ -33,13 +33,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoballoon_core.engine import Engine
-from autoballoon_core.interfaces import EmitFn, PluginContext, PressureSource, SourceSpec
+from autoballoon_core.interfaces import EmitFn, PressureSource, Register
 from autoballoon_core.model import (
     MiB,
     Outcome,
@@ -49,7 +48,7 @@ from autoballoon_core.model import (
     Snapshot,
 )
 from autoballoon_core.plugins import collect, create_plugin_manager, hookimpl
-from autoballoon_core.testing import build_config
+from autoballoon_core.testing import build_config, prebuilt
 from autoballoon_lab.qmpsim import QMPSimulator
 
 SOURCE = "soak"
@@ -100,8 +99,9 @@ def task_census() -> collections.Counter[str]:
 class StormSource(PressureSource):
     """Host events at ``rate`` per second on a fixed schedule, plus guest events."""
 
+    name = SOURCE
+
     def __init__(self, rate: float, guest_rate: float, seed: int) -> None:
-        self.name = SOURCE
         self.rate = rate
         self.guest_rate = guest_rate
         self.random = random.Random(seed)
@@ -165,11 +165,8 @@ class SoakPlugin:
         self.minute = Minute()
 
     @hookimpl
-    def autoballoon_register_sources(self, register: Callable[[SourceSpec], None]) -> None:
-        register(SourceSpec(SOURCE, self._factory, enabled_by_default=True))
-
-    def _factory(self, _context: PluginContext) -> PressureSource:
-        return self.source
+    def autoballoon_register_sources(self, register: Register[PressureSource]) -> None:
+        register(prebuilt(self.source, enabled_by_default=True))
 
     @hookimpl
     def autoballoon_round(self, record: RoundRecord, snapshot: Snapshot) -> None:

@@ -27,10 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoballoon_core.interfaces import EmitFn, PressureSource, SourceUnavailable
+from autoballoon_core.interfaces import EmitFn, PluginContext, PressureSource, SourceUnavailable
 from autoballoon_core.model import GuestId, GuestState, PressureEvent, PressureLevel
+from autoballoon_core.options import Section, duration, integer, number, size, text
 
 from .protocol import (
+    DEFAULT_MAX_LINE,
     TOO_LONG,
     Drop,
     DropReason,
@@ -57,26 +59,28 @@ log = logging.getLogger("autoballoon.source.guest-channel")
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelSettings:
-    """The source's options, parsed."""
+class ChannelSettings(Section):
+    """``[sources.guest-channel]``."""
 
-    max_line: int = 1024
-    rate: float = 20.0
-    burst: int = 40
-    reconnect_max: float = 5.0
-    socket: str = ""
-    log_interval: float = 10.0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSettings:
-        return cls(
-            max_line=int(options["max_line"]),
-            rate=float(options["rate"]),
-            burst=int(options["burst"]),
-            reconnect_max=float(options["reconnect_max"]),
-            socket=str(options["socket"]),
-            log_interval=float(options["log_interval"]),
-        )
+    max_line: int = size(
+        DEFAULT_MAX_LINE,
+        "Longest accepted agent line, newline included; longer lines are discarded.",
+        minimum=64, maximum=65536)
+    rate: float = number(
+        20.0, "Messages per second a guest may send on average (token bucket); the rest "
+        "are dropped.", minimum=0.1, maximum=10000.0)
+    burst: int = integer(40, "Messages a guest may send in one burst.",
+                         minimum=1, maximum=100000)
+    reconnect_max: float = duration(
+        5.0, "Longest wait between attempts to (re)connect to a guest's channel.",
+        minimum=0.1, maximum=300.0)
+    socket: str = text(
+        "", "Channel socket for guests whose backend gives none, e.g. "
+        "\"/run/autoballoon/agent/{name}.agent\" ({id}, {name}, {backend}); "
+        "empty: only backend-given paths.")
+    log_interval: float = duration(
+        10.0, "Dropped messages are logged at most once per this interval per guest.",
+        minimum=0.0, maximum=86400.0)
 
 
 def check_template(template: str) -> None:
@@ -407,9 +411,15 @@ class _Channel:
 
 
 class GuestChannelSource(PressureSource):
-    """Guest-scoped source: follows guests through guest_added/guest_removed."""
+    """Deflate requests and heartbeats from the in-guest agent over its virtio-serial
+    channel.
+
+    Guest-scoped source: follows guests through guest_added/guest_removed.
+    """
 
     name = NAME
+    schema = ChannelSettings
+    guest_scoped = True
 
     def __init__(self, settings: ChannelSettings,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -419,6 +429,10 @@ class GuestChannelSource(PressureSource):
         self._tasks: dict[GuestId, asyncio.Task[None]] = {}
         self._emit: EmitFn | None = None
         self._stopped: asyncio.Event | None = None
+
+    @classmethod
+    def create(cls, context: PluginContext[ChannelSettings]) -> GuestChannelSource:
+        return cls(context.settings)
 
     async def open(self) -> None:
         try:

@@ -15,46 +15,55 @@ domain's ``<metadata>`` (see :mod:`.domains`); docs/backend-libvirt.md has it al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from autoballoon_core import hookimpl
-from autoballoon_core.interfaces import Backend, BackendSpec, PluginContext
-from autoballoon_core.options import Kind, Option
+from autoballoon_core.interfaces import Backend, PluginContext, Register
+from autoballoon_core.options import Section, duration, flag, integer, text
 
 NAME = "libvirt"
 
-OPTIONS: tuple[Option, ...] = (
-    Option("uri", Kind.STR, "qemu:///system", "libvirt connection URI."),
-    Option("stats_period", Kind.DURATION, 2.0,
-           "Guest memory statistics period: set on managed domains (whole seconds, "
-           "rounded up) and the period at which memoryStats is read; 0 turns stats off.",
-           minimum=0.0, maximum=3600.0),
-    Option("reconnect_max", Kind.DURATION, 30.0,
-           "Longest wait between attempts to reconnect to libvirtd (back-off from 0.5 s).",
-           minimum=0.5, maximum=3600.0),
-    Option("virtio_mem", Kind.BOOL, True,
-           "Resize a domain that has a <memory model='virtio-mem'> device through its "
-           "<requested> size (whole blocks above base memory; the balloon takes the rest); "
-           "false: the balloon alone. See docs/backend-virtio-mem.md."),
-    Option("workers", Kind.INT, 2,
-           "Threads for blocking libvirt calls (one domain never holds more than one).",
-           minimum=1, maximum=16),
-)
+
+@dataclass(frozen=True, slots=True)
+class LibvirtOptions(Section):
+    """``[backends.libvirt]``."""
+
+    uri: str = text("qemu:///system", "libvirt connection URI.")
+    stats_period: float = duration(
+        2.0, "Guest memory statistics period: set on managed domains (whole seconds, "
+        "rounded up) and the period at which memoryStats is read; 0 turns stats off.",
+        minimum=0.0, maximum=3600.0)
+    reconnect_max: float = duration(
+        30.0, "Longest wait between attempts to reconnect to libvirtd (back-off from 0.5 s).",
+        minimum=0.5, maximum=3600.0)
+    virtio_mem: bool = flag(
+        True, "Resize a domain that has a <memory model='virtio-mem'> device through its "
+        "<requested> size (whole blocks above base memory; the balloon takes the rest); "
+        "false: the balloon alone. See docs/backend-virtio-mem.md.")
+    workers: int = integer(
+        2, "Threads for blocking libvirt calls (one domain never holds more than one).",
+        minimum=1, maximum=16)
 
 
-def create(context: PluginContext) -> Backend:
-    from .backend import LibvirtBackend  # imports libvirt only when enabled
+class Libvirt(Backend):
+    """libvirt domains (qemu:///system): lifecycle events, memoryStats, setMemoryFlags,
+    virtio-mem requested size; per-domain settings from domain metadata.
 
-    return LibvirtBackend(context.name, context.options)
+    Registered in place of :class:`~autoballoon_plugins.libvirt.backend.LibvirtBackend`,
+    which :meth:`create` imports: the libvirt module is imported only when enabled.
+    """
+
+    name = NAME
+    schema = LibvirtOptions
+
+    @classmethod
+    def create(cls, context: PluginContext[LibvirtOptions]) -> Any:
+        from .backend import LibvirtBackend
+
+        return LibvirtBackend(context.name, context.settings, context)
 
 
 @hookimpl
-def autoballoon_register_backends(register: Callable[[BackendSpec], None]) -> None:
-    register(BackendSpec(
-        name=NAME,
-        factory=create,
-        options=OPTIONS,
-        description="libvirt domains (qemu:///system): lifecycle events, memoryStats, "
-                    "setMemoryFlags, virtio-mem requested size; per-domain settings from "
-                    "domain metadata",
-    ))
+def autoballoon_register_backends(register: Register[Backend]) -> None:
+    register(Libvirt)  # type: ignore[type-abstract]  # a stand-in: create() builds the backend

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from autoballoon_core.interfaces import ActuatorError, Backend, Inventory
+from autoballoon_core.interfaces import ActuatorError, Backend, Inventory, PluginContext
 from autoballoon_core.model import GuestId
 from autoballoon_plugins.virtio_mem import MemoryLayout, plan
 
+from . import LibvirtOptions
 from .connection import CLOSE_REASONS, Backoff, Connection, Handlers
 from .domains import (
     DomainFacts,
@@ -86,13 +87,15 @@ class _Counters:
 class LibvirtBackend(Backend):
     """Follows the active domains of one libvirt URI and sets their balloons."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: LibvirtOptions,
+                 context: PluginContext[LibvirtOptions] | None = None) -> None:
         self.name = name
-        self.uri: str = options["uri"]
-        self.stats_period: float = options["stats_period"]
-        self.reconnect_max: float = options["reconnect_max"]
-        self.workers: int = options["workers"]
-        self.virtio_mem: bool = options.get("virtio_mem", True) is not False
+        self.uri = options.uri
+        self.stats_period = options.stats_period
+        self.reconnect_max = options.reconnect_max
+        self.workers = options.workers
+        self.virtio_mem = options.virtio_mem
+        self._context = context
         self.state = "stopped"
         self.counters = _Counters()
         self._domains: dict[str, _Domain] = {}

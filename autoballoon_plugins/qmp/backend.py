@@ -6,17 +6,20 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from autoballoon_core.interfaces import ActuatorError, Backend, Inventory
 from autoballoon_plugins.qmp.discovery import (
     SocketScanner,
     channel_path,
-    check_channel_template,
     guest_id,
     guest_name,
 )
 from autoballoon_plugins.qmp.guest import GuestRunner, GuestSettings, cancel_and_wait
 from autoballoon_plugins.qmp.replies import LogOnce
+
+if TYPE_CHECKING:
+    from autoballoon_plugins.qmp import QMPOptions
 
 log = logging.getLogger("autoballoon.qmp")
 
@@ -32,32 +35,21 @@ class QMPSettings:
     guest: GuestSettings = field(default_factory=GuestSettings)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> QMPSettings:
-        def number(key: str, default: float) -> float:
-            value = options.get(key, default)
-            return float(value) if isinstance(value, int | float) else default
-
-        def text(key: str, default: str) -> str:
-            value = options.get(key, default)
-            return value if isinstance(value, str) else default
-
-        sockets = options.get("sockets", [])
-        settings = cls(
-            sockets=tuple(s for s in sockets if isinstance(s, str))
-            if isinstance(sockets, list | tuple) else (),
-            glob=text("glob", ""),
-            rescan_interval=number("rescan_interval", 5.0),
-            channel=text("channel", "{dir}/{stem}.agent"),
+    def from_options(cls, options: QMPOptions) -> QMPSettings:
+        """The runtime settings from the validated ``[backends.qmp]`` section."""
+        return cls(
+            sockets=tuple(options.sockets),
+            glob=options.glob,
+            rescan_interval=options.rescan_interval,
+            channel=options.channel,
             guest=GuestSettings(
-                stats_period=number("stats_period", 2.0),
-                balloon_path=text("balloon_path", ""),
-                reconnect_max=number("reconnect_max", 30.0),
-                connect_timeout=number("connect_timeout", 5.0),
-                virtio_mem=options.get("virtio_mem", True) is not False,
+                stats_period=options.stats_period,
+                balloon_path=options.balloon_path,
+                reconnect_max=options.reconnect_max,
+                connect_timeout=options.connect_timeout,
+                virtio_mem=options.virtio_mem,
             ),
         )
-        check_channel_template(settings.channel)
-        return settings
 
 
 class QMPBackend(Backend):

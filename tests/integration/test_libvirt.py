@@ -24,6 +24,7 @@ from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
+from autoballoon_plugins.libvirt import LibvirtOptions
 from autoballoon_plugins.libvirt.backend import LibvirtBackend
 from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX
 
@@ -208,7 +209,7 @@ async def backend(recorder: Recorder, uri: str = "qemu:///system", **options: An
                   ) -> AsyncIterator[LibvirtBackend]:
     settings = {"uri": uri, "stats_period": 1.0, "reconnect_max": 2.0, "workers": 2}
     settings.update(options)
-    b = LibvirtBackend("libvirt", settings)
+    b = LibvirtBackend("libvirt", LibvirtOptions(**settings))
     await b.start(recorder)
     try:
         yield b

@@ -10,6 +10,7 @@ from autoballoon_core import bootstrap
 from autoballoon_core.config import ConfigError
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.options import OptionError, parse_duration, parse_size
+from autoballoon_plugins.seed_policies import LevelsSettings
 
 GOOD = """
 [engine]
@@ -40,10 +41,9 @@ def write(tmp_path: Path, text: str, name: str = "autoballoon.toml") -> Path:
 def test_a_good_config_is_parsed_into_bytes_and_seconds(tmp_path: Path) -> None:
     config = bootstrap.load(write(tmp_path, GOOD)).config
     assert config.policy == "seed-levels"
-    assert config.engine["coalesce_interval"] == 0.5
-    assert config.guards["floor"] == 300 * MiB
-    assert config.policy_options["medium"] == 32 * MiB
-    assert config.policy_options["critical"] == 128 * MiB
+    assert config.engine.coalesce_interval == 0.5
+    assert config.guards.floor == 300 * MiB
+    assert config.policy_options == LevelsSettings(medium=32 * MiB, critical=128 * MiB)
     assert "qmp" in config.backends
     override = config.guest_override("qmp:web-1", "web-1")
     assert override.floor == 1024 * MiB and override.weight == 2

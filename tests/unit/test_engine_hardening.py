@@ -6,13 +6,12 @@ Regression tests of the hardening review (each failed on the engine before it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from autoballoon_core.config import GUARD_OPTIONS
 from autoballoon_core.hostmem import HostMemory
-from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
+from autoballoon_core.interfaces import PluginContext, Policy, Register
 from autoballoon_core.model import (
     Decision,
     GiB,
@@ -24,7 +23,6 @@ from autoballoon_core.model import (
     Trigger,
     Veto,
 )
-from autoballoon_core.options import defaults
 from autoballoon_core.plugins import hookimpl
 from autoballoon_core.safety import GuardSettings, current_target, review
 from autoballoon_core.testing import build_config, harness
@@ -40,15 +38,21 @@ class Grant(Policy):
                 for g in snapshot.managed() if g.pressure]
 
 
-def _broken(_context: PluginContext) -> Policy:
-    raise RuntimeError("this policy cannot be built")
+class Broken(Policy):
+    name = "broken"
+
+    def __init__(self, context: PluginContext[Any]) -> None:
+        raise RuntimeError("this policy cannot be built")
+
+    def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
+        raise AssertionError("never built")
 
 
 class Policies:
     @hookimpl
-    def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
-        register(PolicySpec("grant", lambda _c: Grant(), (), "test"))
-        register(PolicySpec("broken", _broken, (), "test"))
+    def autoballoon_register_policies(self, register: Register[Policy]) -> None:
+        register(Grant)
+        register(Broken)
 
 
 PLUGINS = [(Policies(), "policies")]
@@ -118,7 +122,7 @@ def _guest(max_bytes: int, target: int) -> GuestState:
 
 
 def test_the_guard_never_approves_a_target_above_the_maximum() -> None:
-    guard = GuardSettings.from_options({**defaults(GUARD_OPTIONS), "cooldown": 0.0})
+    guard = GuardSettings(cooldown=0.0)
     above = _guest(GiB, 4 * GiB)  # the maximum was lowered under an old target
     snapshot = Snapshot(0.0, HostState(), {above.id: above})
     [verdict] = review(guard, snapshot, [Decision(above.id, 4 * GiB, "keep")], 100.0)
@@ -147,7 +151,7 @@ async def test_a_reload_whose_policy_cannot_be_built_changes_nothing() -> None:
 
 
 def test_a_guest_that_deflated_itself_is_not_squeezed_back_even_at_critical() -> None:
-    guard = GuardSettings.from_options({**defaults(GUARD_OPTIONS), "cooldown": 0.0})
+    guard = GuardSettings(cooldown=0.0)
     big = GuestState(id="g:big", name="big", backend="g", max_bytes=4 * GiB,
                      actual_bytes=3 * GiB, floor=256 * MiB, pressure=PressureLevel.MEDIUM,
                      pressure_time=99.0)

@@ -8,13 +8,12 @@ same triggers, and approve the same targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from autoballoon_core.config import ENGINE_OPTIONS, GUARD_OPTIONS
-from autoballoon_core.interfaces import Policy, PolicySpec
+from autoballoon_core.engine_core import EngineSettings
+from autoballoon_core.interfaces import Policy, Register
 from autoballoon_core.model import (
     Decision,
     GiB,
@@ -26,7 +25,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.options import defaults
 from autoballoon_core.plugins import hookimpl
 from autoballoon_core.safety import GuardSettings, current_target
 from autoballoon_core.testing import harness
@@ -41,6 +39,9 @@ class ScriptedPolicy(Policy):
     """Deterministic: grants what pressured guests want, takes on host events, gives on ticks."""
 
     name = "scripted"
+
+    def __init__(self, context: object = None) -> None:
+        """Built by the engine from its registration, and directly for the simulator."""
 
     def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
         out = []
@@ -85,9 +86,7 @@ DT = 0.25
 
 
 def settings() -> tuple[dict[str, object], dict[str, object]]:
-    engine = {**defaults(ENGINE_OPTIONS), "coalesce_interval": 1.0, "tick_interval": 5.0}
-    guards = {**defaults(GUARD_OPTIONS), "cooldown": 0.5}
-    return engine, guards
+    return {"coalesce_interval": 1.0, "tick_interval": 5.0}, {"cooldown": 0.5}
 
 
 Round = tuple[str, str, float, tuple[tuple[str, int], ...]]
@@ -101,8 +100,8 @@ def run_sim() -> list[Round]:
     engine_options, guard_options = settings()
     model = HostModel(np.full(GUESTS, 1.0 * GiB), 8 * GiB, np.zeros(GUESTS),
                       np.zeros(GUESTS), ModelParams())
-    sim = SimEngine(ScriptedPolicy(), GuardSettings.from_options(guard_options),
-                    engine_options, model)
+    sim = SimEngine(ScriptedPolicy(), GuardSettings(**guard_options),  # type: ignore[arg-type]
+                    EngineSettings(**engine_options), model)  # type: ignore[arg-type]
     sim.keep_rounds = True
     for t in times():
         for step in (s for s in SCRIPT if s.t == t):
@@ -130,8 +129,8 @@ def apply_sim(sim: SimEngine, step: Step) -> None:
 
 class _Policies:
     @hookimpl
-    def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
-        register(PolicySpec("scripted", lambda _c: ScriptedPolicy(), (), "for the test"))
+    def autoballoon_register_policies(self, register: Register[Policy]) -> None:
+        register(ScriptedPolicy)
 
 
 class _Rounds:

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from autoballoon_core import config as configuration
 from autoballoon_core.config import ConfigError
+from autoballoon_core.options import options_of
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 
@@ -50,8 +51,8 @@ REGISTRY: Registry = collect(create_plugin_manager())
 
 
 def _fixed_sections() -> dict[str, list[str]]:
-    return {name: [o.name for o in options]
-            for name, options in configuration._FIXED_SECTIONS.items()}
+    return {name: [o.name for o in options_of(schema)]
+            for name, schema in configuration.SECTIONS.items()}
 
 
 FIXED = _fixed_sections()
@@ -62,7 +63,7 @@ COMPONENTS: dict[str, dict[str, list[str]]] = {
                  for n, s in REGISTRY.backends.items()},
     "policies": {n: [o.name for o in s.options] for n, s in REGISTRY.policies.items()},
 }
-GUEST_KEYS = [o.name for o in configuration.GUEST_OPTIONS]
+GUEST_KEYS = [o.name for o in options_of(configuration.GuestOverride)]
 SECTION_NAMES = [*FIXED, *COMPONENTS, "guests", "nonsense", ""]
 COMPONENT_NAMES = sorted({n for table in COMPONENTS.values() for n in table})
 ALL_KEYS = sorted({k for keys in FIXED.values() for k in keys}

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from test_policy_support import ALL_POLICIES, make_policy
 
 from autoballoon_core import safety
-from autoballoon_core.config import GUARD_OPTIONS
 from autoballoon_core.model import (
     Decision,
     GiB,
@@ -32,7 +31,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.options import defaults
 from autoballoon_core.safety import GuardSettings, current_target, fair_shares
 
 EXPECTED_POLICIES = {"seed-fixed", "seed-levels", "mom", "proxmox", "autoballoon"}
@@ -81,10 +79,9 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
 
 @st.composite
 def guard_settings(draw: st.DrawFn) -> GuardSettings:
-    base = defaults(GUARD_OPTIONS)
-    base.update(max_step=draw(st.integers(4096, 2 * GiB)),
-                min_change=draw(st.integers(0, 64 * MiB)), cooldown=draw(st.floats(0, 60)))
-    return GuardSettings.from_options(base)
+    return GuardSettings(max_step=draw(st.integers(4096, 2 * GiB)),
+                         min_change=draw(st.integers(0, 64 * MiB)),
+                         cooldown=draw(st.floats(0, 60)))
 
 
 @st.composite
@@ -209,7 +206,7 @@ def test_autoballoon_settles_in_its_band_in_closed_loop(
     deficit unless nothing is left to take.
     """
     policy = make_policy("autoballoon", free_page_reporting=False)
-    guard = GuardSettings.from_options(defaults(GUARD_OPTIONS))
+    guard = GuardSettings()
     sizes = [gib * GiB for gib, _u, _c in shapes]
     used = [int(s * u) for s, (_g, u, _c) in zip(sizes, shapes, strict=True)]
     cache = [int((s - u) * c) for s, u, (_g, _u, c) in zip(sizes, used, shapes, strict=True)]

@@ -231,13 +231,10 @@ def test_the_agent_and_the_host_use_the_same_limits() -> None:
     assert tuple(level.name.lower() for level in PressureLevel) == agent.LEVELS
 
 
-def test_every_host_option_is_documented_with_its_default() -> None:
+def test_every_drop_reason_is_documented() -> None:
+    # the host options' table is generated (tests/unit/test_generated_docs.py)
     from pathlib import Path
 
-    from autoballoon_plugins.channel import OPTIONS
-
     doc = (Path(__file__).resolve().parents[2] / "docs" / "guest-protocol.md").read_text()
-    for option in OPTIONS:
-        assert f"| `{option.name}` |" in doc, option.name
     for reason in DropReason:
         assert f"`{reason.value}`" in doc, reason.value

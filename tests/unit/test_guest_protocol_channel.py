@@ -131,7 +131,8 @@ def test_the_plugin_registers_a_guest_scoped_source_with_its_options() -> None:
                                       "burst": 10, "reconnect_max": "500ms",
                                       "socket": "/run/x/{name}.agent"}},
     }, registry)
-    settings = ChannelSettings.from_options(config.sources["guest-channel"])
+    settings = config.sources["guest-channel"]
+    assert isinstance(settings, ChannelSettings)
     assert settings == ChannelSettings(max_line=2048, rate=5.0, burst=10, reconnect_max=0.5,
                                        socket="/run/x/{name}.agent", log_interval=10.0)
 

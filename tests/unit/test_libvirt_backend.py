@@ -21,6 +21,7 @@ from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB, Outcome
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
+from autoballoon_plugins.libvirt import LibvirtOptions
 from autoballoon_plugins.libvirt.backend import LibvirtBackend
 from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
 
@@ -113,7 +114,7 @@ def unique(kind: str) -> str:
 async def backend(rec: Recorder, **options: Any) -> AsyncIterator[LibvirtBackend]:
     settings = {"uri": URI, "stats_period": 0.05, "reconnect_max": 0.5, "workers": 2}
     settings.update(options)
-    b = LibvirtBackend("libvirt", settings)
+    b = LibvirtBackend("libvirt", LibvirtOptions(**settings))
     await b.start(rec)
     try:
         yield b

@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from autoballoon_core import hookimpl
 from autoballoon_core.engine import Engine
-from autoballoon_core.interfaces import Policy, PolicySpec
+from autoballoon_core.interfaces import Policy, Register
 from autoballoon_core.model import (
     Decision,
     MiB,
@@ -49,8 +49,8 @@ class InflateAll(Policy):
 
 class ScalePlugin:
     @hookimpl
-    def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
-        register(PolicySpec(POLICY, lambda _context: InflateAll()))
+    def autoballoon_register_policies(self, register: Register[Policy]) -> None:
+        register(InflateAll)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from autoballoon_core.metrics import (
 )
 from autoballoon_core.model import Action, MiB, Outcome, PressureEvent, PressureLevel, Veto
 from autoballoon_core.testing import SCRIPTED_SOURCE, Harness, harness
-from autoballoon_plugins.channel import OPTIONS as CHANNEL_OPTIONS
 from autoballoon_plugins.channel import ChannelSettings, GuestLink
 
 SETTINGS: dict[str, Any] = {
@@ -218,8 +217,7 @@ def test_reason_kinds_are_bounded() -> None:
 
 
 def test_agent_counts_from_a_real_guest_link() -> None:
-    defaults = {option.name: option.default for option in CHANNEL_OPTIONS}
-    settings = ChannelSettings.from_options(defaults)
+    settings = ChannelSettings()
     events: list[PressureEvent] = []
     link = GuestLink("qmp:g", "/nonexistent", 1024 * MiB, settings, events.append)
     link.feed(b'{"v":1,"type":"hello","seq":0,"agent":"test/1"}\n', time.monotonic())

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Generator
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from autoballoon_core import hookimpl
+from autoballoon_core import (
+    Backend,
+    Policy,
+    PressureSource,
+    Register,
+    Section,
+    duration,
+    hookimpl,
+)
 from autoballoon_core.config import Config
-from autoballoon_core.interfaces import PolicySpec
 from autoballoon_core.model import Decision, MiB, PressureEvent, PressureLevel, RoundRecord
-from autoballoon_core.plugins import PluginError, collect, create_plugin_manager
+from autoballoon_core.plugins import BUILTIN_PLUGINS, PluginError, collect, create_plugin_manager
 from autoballoon_core.testing import harness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,32 +59,56 @@ def test_the_example_plugin_installs_and_loads_through_its_entry_point(
     assert out == ["example", "True", "False"]
 
 
-async def test_the_example_policy_runs_in_the_real_engine(
-        installed_example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(installed_example))
-    import autoballoon_example
-    settings = {"engine": {"policy": "gentle"}, "guards": {"cooldown": 0}}
-    async with harness(settings, guests={"vm": (1024 * MiB, 1024 * MiB)}) as h:
-        assert h.engine.manager.get_plugin("example") is autoballoon_example
-        h.host_event(PressureLevel.MEDIUM)
-        await h.settle()
-        assert h.backend.calls == []
-        await _sleep_past_window()
-        h.host_event(PressureLevel.CRITICAL)
-        await h.settle()
-        assert h.backend.actual["fake:vm"] == 1016 * MiB
-        assert autoballoon_example.ROUNDS_SEEN
+def test_the_example_plugin_tests_pass_with_the_shipped_harness(
+    installed_example: Path,
+) -> None:
+    """The example's own tests, run as its author would: pytest and autoballoon_harness."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(EXAMPLE), "-o", "asyncio_mode=auto", str(EXAMPLE / "tests")],
+        env=env, capture_output=True, text=True, cwd=EXAMPLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
 
 
-async def _sleep_past_window() -> None:
-    import asyncio
-    await asyncio.sleep(1.1)
+def test_builtin_components_come_from_the_core_module_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
 
-
-def test_builtin_components_are_entry_points() -> None:
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda **_kw: iter(()))
     registry = collect(create_plugin_manager())
-    assert {"seed-fixed", "seed-levels"} <= set(registry.policies)
+    assert set(BUILTIN_PLUGINS) <= {registry.policies[n].plugin for n in registry.policies} | {
+        registry.sources[n].plugin for n in registry.sources} | {
+        registry.backends[n].plugin for n in registry.backends}
+    assert {"seed-fixed", "seed-levels", "mom", "proxmox", "autoballoon"} <= set(
+        registry.policies)
     assert registry.policies["seed-fixed"].plugin == "seed_policies"
+
+
+def test_block_takes_component_names() -> None:
+    block = ["mom", "psi"]
+    registry = collect(create_plugin_manager(block), block)
+    assert "mom" not in registry.policies and "proxmox" in registry.policies
+    assert "psi" not in registry.sources and "vmpressure" in registry.sources
+
+
+def test_registration_goes_through_pluggy_hook_calling() -> None:
+    seen: list[str] = []
+
+    class Watcher:
+        @hookimpl(wrapper=True)
+        def autoballoon_register_policies(self, register: Register[Policy]) -> Generator[
+            None, None, None
+        ]:
+            seen.append("before")
+            yield
+            seen.append("after")
+
+    registry = collect(create_plugin_manager(extra=[(Watcher(), "watcher")]))
+    assert seen == ["before", "after"]
+    assert registry.policies["mom"].plugin == "reference_policies"
 
 
 def test_an_unknown_hook_fails_at_start() -> None:
@@ -88,13 +121,20 @@ def test_an_unknown_hook_fails_at_start() -> None:
 
 
 def test_duplicate_names_name_both_plugins() -> None:
+    class Impostor(Policy):
+        name = "seed-fixed"
+
+        def decide(self, snapshot: Any, trigger: Any) -> list[Decision]:
+            return []
+
     class Clash:
         @hookimpl
-        def autoballoon_register_policies(self, register: Callable[[PolicySpec], None]) -> None:
-            register(PolicySpec("seed-fixed", lambda _c: None))  # type: ignore[arg-type,return-value]
+        def autoballoon_register_policies(self, register: Register[Policy]) -> None:
+            register(Impostor)
 
-    with pytest.raises(PluginError, match=r"'clash' registers 'seed-fixed'.*'seed_policies'"):
+    with pytest.raises(PluginError, match="registers 'seed-fixed', already registered by") as e:
         collect(create_plugin_manager(extra=[(Clash(), "clash")]))
+    assert {"'clash'", "'seed_policies'"} <= set(str(e.value).split())
 
 
 class Recorder:
@@ -139,20 +179,60 @@ async def test_observation_and_wrapper_hooks() -> None:
     assert [a.guest for a in recorder.rounds[0].actions] == ["fake:other"]
 
 
+@dataclass(frozen=True, slots=True)
+class ExtraSettings(Section):
+    period: float = duration(1.0, "How often.")
+
+
+class ExtraSource(PressureSource):
+    """A source that is never started."""
+
+    name = "extra-source"
+    schema = ExtraSettings
+
+    async def run(self, emit: Any) -> None:
+        raise AssertionError("never started")
+
+
+class ExtraBackend(Backend):
+    """A backend that is never started."""
+
+    name = "extra-backend"
+
+    async def start(self, inventory: Any) -> None:
+        raise AssertionError("never started")
+
+    async def set_target(self, guest: str, target: int) -> None:
+        raise AssertionError("never started")
+
+
 class ExtraComponents:
     """A plugin offering a source and a backend, to check registration and enabling."""
 
     @hookimpl
-    def autoballoon_register_sources(self, register: Callable[[Any], None]) -> None:
-        from autoballoon_core.interfaces import SourceSpec
-        from autoballoon_core.options import Kind, Option
-        register(SourceSpec("extra-source", lambda _c: None,  # type: ignore[arg-type,return-value]
-                            (Option("period", Kind.DURATION, 1.0, "How often."),)))
+    def autoballoon_register_sources(self, register: Register[PressureSource]) -> None:
+        register(ExtraSource)
 
     @hookimpl
-    def autoballoon_register_backends(self, register: Callable[[Any], None]) -> None:
-        from autoballoon_core.interfaces import BackendSpec
-        register(BackendSpec("extra-backend", lambda _c: None))  # type: ignore[arg-type,return-value]
+    def autoballoon_register_backends(self, register: Register[Backend]) -> None:
+        register(ExtraBackend)
+
+
+def test_a_registered_class_must_be_a_named_component() -> None:
+    class Nameless:
+        @hookimpl
+        def autoballoon_register_policies(self, register: Any) -> None:
+            register(Policy)
+
+    class NotAPolicy:
+        @hookimpl
+        def autoballoon_register_policies(self, register: Any) -> None:
+            register(ExtraSource)
+
+    with pytest.raises(PluginError, match="'nameless' registers Policy, which has no name"):
+        collect(create_plugin_manager(extra=[(Nameless(), "nameless")]))
+    with pytest.raises(PluginError, match=r"'wrong' registers .*not a subclass of Policy"):
+        collect(create_plugin_manager(extra=[(NotAPolicy(), "wrong")]))
 
 
 def test_sources_and_backends_register_and_validate_their_options() -> None:
@@ -164,7 +244,7 @@ def test_sources_and_backends_register_and_validate_their_options() -> None:
     assert registry.backends["extra-backend"].plugin == "extra"
     config = build_config({"sources": {"extra-source": {"enabled": True, "period": "250ms"}},
                            "backends": {"extra-backend": {"enabled": True}}}, registry)
-    assert config.sources["extra-source"] == {"period": 0.25}
+    assert config.sources["extra-source"] == ExtraSettings(period=0.25)
     with pytest.raises(ConfigError, match=r"sources\.extra-source\.period"):
         build_config({"sources": {"extra-source": {"period": "soon"}},
                       "backends": {"extra-backend": {"enabled": True}}}, registry)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoballoon_core.interfaces import PluginContext, Policy
+from autoballoon_core.interfaces import Policy
 from autoballoon_core.model import GuestState, GuestStats, HostState, PressureLevel, Snapshot
-from autoballoon_core.options import defaults
+from autoballoon_core.options import settings_from
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_sim.config import default_config
 
@@ -17,10 +17,10 @@ ALL_POLICIES = sorted(_SPECS)
 
 
 def make_policy(name: str, **options: Any) -> Policy:
+    """The registered policy ``name`` built with ``options`` (unparsed values)."""
     spec = _SPECS[name]
-    values = {**defaults(spec.options), **options}
-    config = default_config(name, values)
-    return spec.factory(PluginContext(name, values, config))
+    config = default_config(name, settings_from(spec.component.schema, options))
+    return spec.create(name, config.policy_options, config)
 
 
 def guest(name: str, max_bytes: int, actual: int, *, floor: int = 0, free: int | None = None,

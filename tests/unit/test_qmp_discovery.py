@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from autoballoon_core.config import ConfigError
-from autoballoon_core.interfaces import PluginContext
+from autoballoon_core.options import options_of
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 from autoballoon_core.testing import build_config
-from autoballoon_plugins.qmp import OPTIONS, create
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.qmp import QMPOptions
+from autoballoon_plugins.qmp.backend import QMPBackend
 from autoballoon_plugins.qmp.discovery import (
     SocketScanner,
     backoff_delay,
@@ -144,9 +144,9 @@ def _policy(registry: Registry) -> str:
 
 def test_plugin_registers_with_its_options() -> None:
     spec = _registry().backends["qmp"]
-    assert spec.options == OPTIONS
+    assert spec.options == options_of(QMPOptions)
     assert spec.plugin == "qmp"
-    assert {o.name for o in OPTIONS} == {
+    assert {o.name for o in spec.options} == {
         "sockets", "glob", "rescan_interval", "channel", "stats_period", "balloon_path",
         "reconnect_max", "connect_timeout", "virtio_mem",
     }
@@ -158,7 +158,7 @@ def test_config_to_backend() -> None:
         "enabled": True, "glob": "/run/q/*.qmp", "sockets": ["/run/x.qmp"],
         "stats_period": "500ms", "reconnect_max": "10s", "channel": "{dir}/{stem}.ch",
     }}}, registry)
-    backend = create(PluginContext("qmp", config.backends["qmp"], config))
+    backend = registry.backends["qmp"].create("qmp", config.backends["qmp"], config)
     assert isinstance(backend, QMPBackend)
     settings = backend.settings
     assert settings.glob == "/run/q/*.qmp"
@@ -180,6 +180,8 @@ def test_config_rejects_bad_values() -> None:
                       "backends": {"qmp": {"enabled": True, "socket": "/x"}}}, registry)
 
 
-def test_bad_channel_template_is_refused_by_the_factory() -> None:
-    with pytest.raises(ValueError, match="unknown field"):
-        QMPSettings.from_options({"channel": "{dir}/{vm}.agent"})
+def test_bad_channel_template_is_refused_at_load_with_the_key() -> None:
+    registry = _registry()
+    with pytest.raises(ConfigError, match=r"backends\.qmp\.channel: .*unknown field \{vm\}"):
+        build_config({"engine": {"policy": _policy(registry)}, "backends": {"qmp": {
+            "enabled": True, "channel": "{dir}/{vm}.agent"}}}, registry)

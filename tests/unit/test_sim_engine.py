@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoballoon_core.config import ENGINE_OPTIONS, GUARD_OPTIONS
+from autoballoon_core.engine_core import EngineSettings
 from autoballoon_core.interfaces import Policy
 from autoballoon_core.model import (
     Decision,
@@ -15,7 +15,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.options import defaults
 from autoballoon_core.safety import GuardSettings
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
@@ -38,8 +37,7 @@ class Recorder(Policy):
 def setup(policy: Policy, n: int = 2) -> tuple[HostModel, SimEngine]:
     model = HostModel(np.full(n, 4.0 * GiB), 16 * GiB, np.zeros(n), np.full(n, GiB),
                       ModelParams())
-    engine = SimEngine(policy, GuardSettings.from_options(defaults(GUARD_OPTIONS)),
-                       defaults(ENGINE_OPTIONS), model)
+    engine = SimEngine(policy, GuardSettings(), EngineSettings(), model)
     return model, engine
 
 

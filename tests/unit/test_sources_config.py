@@ -2,65 +2,59 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from autoballoon_core import config as config_module
 from autoballoon_core.config import ConfigError
-from autoballoon_core.interfaces import (
-    BackendSpec,
-    PluginContext,
-    PolicySpec,
-    PressureSource,
-    SourceSpec,
-)
+from autoballoon_core.interfaces import PressureSource, Registered
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.plugins import Registry
+from autoballoon_core.testing import FakeBackend
 from autoballoon_plugins import psi, vmpressure, watermark
+from autoballoon_plugins.seed_policies import SeedFixed
 
-
-def _never(context: PluginContext) -> object:
-    raise AssertionError("not built in these tests")
-
-
+SOURCES: tuple[type[PressureSource], ...] = (
+    psi.PsiSource, vmpressure.VmpressureSource, watermark.WatermarkSource)
 REGISTRY = Registry(
-    sources={spec.name: spec for spec in (psi.SPEC, vmpressure.SPEC, watermark.SPEC)},
-    backends={"fake": BackendSpec("fake", factory=_never)},  # type: ignore[arg-type]
-    policies={"p": PolicySpec("p", factory=_never)},  # type: ignore[arg-type]
+    sources={cls.name: Registered(cls, "test") for cls in SOURCES},
+    backends={"fake": Registered(FakeBackend, "test")},
+    policies={"p": Registered(SeedFixed, "test")},
 )
 
 
 def load(tmp_path: Path, sections: str) -> config_module.Config:
     path = tmp_path / "autoballoon.toml"
     path.write_text(f'[engine]\npolicy = "p"\n[backends.fake]\nenabled = true\n{sections}')
-    return config_module.load(REGISTRY, [path])
+    return config_module.validate(config_module.read_raw([path]), REGISTRY, [str(path)])
 
 
-def build(config: config_module.Config, spec: SourceSpec) -> PressureSource:
-    return spec.factory(PluginContext(spec.name, config.sources[spec.name], config))
+def build(config: config_module.Config, cls: type[PressureSource]) -> PressureSource:
+    return REGISTRY.sources[cls.name].create(cls.name, config.sources[cls.name], config)
 
 
 def test_the_registration_hooks_register_the_three_sources() -> None:
-    seen: list[SourceSpec] = []
+    seen: list[type[PressureSource]] = []
     for module in (psi, vmpressure, watermark):
         module.autoballoon_register_sources(seen.append)
-    assert [spec.name for spec in seen] == ["psi", "vmpressure", "watermark"]
-    assert all(not spec.guest_scoped and not spec.enabled_by_default for spec in seen)
+    assert [cls.name for cls in seen] == ["psi", "vmpressure", "watermark"]
+    assert all(not cls.guest_scoped and not cls.enabled_by_default for cls in seen)
 
 
 def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     config = load(tmp_path, "[sources.psi]\nenabled = true\n[sources.vmpressure]\nenabled = true\n"
                             "[sources.watermark]\nenabled = true\n")
-    assert dict(config.sources["psi"]) == {
+    assert asdict(config.sources["psi"]) == {
         "low": "some 70ms 2s", "medium": "some 100ms 2s", "critical": "full 100ms 2s",
         "system": True, "cgroup": "", "adapt_window": True,
     }
-    assert dict(config.sources["vmpressure"]) == {
+    assert asdict(config.sources["vmpressure"]) == {
         "cgroup": "/sys/fs/cgroup/memory", "levels": ["low", "medium", "critical"],
         "mode": "default",
     }
-    assert dict(config.sources["watermark"]) == {
+    assert asdict(config.sources["watermark"]) == {
         "period": 1.0, "low": "20%", "medium": "10%", "critical": "5%", "hysteresis": "2%",
         "trend_window": 2.0, "horizon": 2.0, "cgroup": "",
     }
@@ -71,13 +65,13 @@ def test_factories_turn_options_into_sources(tmp_path: Path) -> None:
                             '[sources.vmpressure]\nenabled = true\nlevels = ["critical", "low"]\n'
                             'mode = "hierarchy"\n'
                             '[sources.watermark]\nenabled = true\nlow = "4GiB"\nperiod = "500ms"\n')
-    source_psi = build(config, psi.SPEC)
+    source_psi = build(config, psi.PsiSource)
     assert isinstance(source_psi, psi.PsiSource)
     assert source_psi.trigger_texts[PressureLevel.LOW] == "some 50ms 2s"
-    source_vmp = build(config, vmpressure.SPEC)
+    source_vmp = build(config, vmpressure.VmpressureSource)
     assert isinstance(source_vmp, vmpressure.VmpressureSource)
     assert source_vmp.levels == ["low", "critical"] and source_vmp.mode == "hierarchy"
-    source_wm = build(config, watermark.SPEC)
+    source_wm = build(config, watermark.WatermarkSource)
     assert isinstance(source_wm, watermark.WatermarkSource)
     assert source_wm.period == 0.5
     assert source_wm.thresholds.low.resolve(1) == 4096 * MiB

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from autoballoon_core.config import GUARD_OPTIONS
 from autoballoon_core.engine_core import EngineCore, EngineSettings, GuestOverride
 from autoballoon_core.explain import render_explain
 from autoballoon_core.model import (
@@ -22,7 +21,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.options import defaults
 from autoballoon_core.safety import GuardSettings, current_target
 from autoballoon_core.steering import HISTORY, Refused
 
@@ -41,9 +39,8 @@ class Policy:
 
 def make_core(policy: Policy, managed: bool | None = None, **guards: Any
               ) -> tuple[EngineCore, list[dict[str, Any]]]:
-    options = defaults(GUARD_OPTIONS)
-    options.update({"cooldown": 0.0, "max_step": GiB, **guards})
-    core = EngineCore(EngineSettings(tick_interval=5.0), GuardSettings.from_options(options),
+    options = {"cooldown": 0.0, "max_step": GiB, **guards}
+    core = EngineCore(EngineSettings(tick_interval=5.0), GuardSettings(**options),
                       policy, 0.0, host_memory=lambda: (16 * GiB, 4 * GiB),
                       overrides=lambda _g, _n: GuestOverride(managed=managed))
     notices: list[dict[str, Any]] = []

@@ -1,35 +1,46 @@
-"""A minimal third-party plugin: the ``gentle`` policy and a round counter.
+"""A complete third-party plugin: the ``gentle`` policy.
 
 ``gentle`` inflates every managed guest by ``step`` only on CRITICAL host
 pressure, and deflates a guest that reports pressure by what it asked for.
+Copy it: one import line, one class, one registration call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from autoballoon_core import hookimpl
-from autoballoon_core.interfaces import PluginContext, Policy, PolicySpec
-from autoballoon_core.model import (
+from autoballoon_core import (
     Decision,
     MiB,
+    PluginContext,
+    Policy,
     PressureLevel,
-    RoundRecord,
+    Register,
+    Section,
     Snapshot,
     Trigger,
     TriggerKind,
+    current_target,
+    hookimpl,
+    settings,
+    size,
 )
-from autoballoon_core.options import Kind, Option
-from autoballoon_core.safety import current_target
 
-ROUNDS_SEEN: list[RoundRecord] = []
+
+@settings
+class GentleSettings(Section):
+    """``[policies.gentle]``: one option, validated by the core at load."""
+
+    step: int = size(8 * MiB, "Inflate step on CRITICAL.", minimum=4096)
 
 
 class Gentle(Policy):
-    name = "gentle"
+    """Inflate only on CRITICAL host pressure; give pressured guests what they ask."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    name = "gentle"
+    schema = GentleSettings
+
+    def __init__(self, context: PluginContext[GentleSettings]) -> None:
+        super().__init__(context)
+        self.step = context.settings.step
 
     def decide(self, snapshot: Snapshot, trigger: Trigger) -> list[Decision]:
         decisions = []
@@ -45,19 +56,6 @@ class Gentle(Policy):
         return decisions
 
 
-def make_gentle(context: PluginContext) -> Policy:
-    return Gentle(context.options["step"])
-
-
 @hookimpl
-def autoballoon_register_policies(register: Callable[[PolicySpec], None]) -> None:
-    register(PolicySpec(
-        "gentle", make_gentle,
-        (Option("step", Kind.SIZE, 8 * MiB, "Inflate step on CRITICAL.", minimum=4096),),
-        "Inflate only on CRITICAL host pressure.",
-    ))
-
-
-@hookimpl
-def autoballoon_round(record: RoundRecord, snapshot: Snapshot) -> None:
-    ROUNDS_SEEN.append(record)
+def autoballoon_register_policies(register: Register[Policy]) -> None:
+    register(Gentle)
