@@ -53,10 +53,10 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for package in PACKAGES:
         shutil.copytree(ROOT / package, bumped / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    project = (bumped / "pyproject.toml").read_text()
-    assert '\nversion = "0.1.0"\n' in project
-    (bumped / "pyproject.toml").write_text(project.replace('\nversion = "0.1.0"\n',
-                                                           '\nversion = "0.1.1"\n'))
+    agent = bumped / "autoballoon_guest" / "agent.py"
+    source = agent.read_text()
+    assert '\n__version__ = "0.1.0"\n' in source
+    agent.write_text(source.replace('\n__version__ = "0.1.0"\n', '\n__version__ = "0.1.1"\n'))
     _wheel(bumped, wheels, "--no-deps")
     return wheels
 
