@@ -4,15 +4,16 @@ Targets, per scenario:
 
 * ramps, burst, cache fill, host claim ("survival" scenarios): ``autoballoon`` ran
   at least :data:`MIN_AUTOBALLOON_RUNS` times with 0 QEMUs OOM-killed and 0 guest
-  OOM kills in every run, and its guests kept more memory in use on average
-  (their processes and page cache, as the guests report it) than the static cap
-  when that cap also kept every guest alive (in all its runs). The memory in use is
-  averaged over the same first 180 s of every run (``guests_in_use_window_mib``),
-  over the runs that report it; when one side has no such run, the mean over each
-  run's own length (``guests_in_use_mib``, which favours slower runs), and when one
-  side has none of that either (runs recorded before guests reported it) the QEMUs'
-  resident memory of all runs, which also counts free pages a guest holds
-  unreported;
+  OOM kills in every run, and its guests kept more memory on average (their
+  processes and page cache, as the guests report it, besides the demand their
+  programs hold) than the static cap when that cap also kept every guest alive (in
+  all its runs). The figure is averaged over the same first 180 s of every run
+  (``guests_kept_window_mib``), over the runs that report it. Runs recorded before
+  guests reported their demand fall back, in this order, to the memory in use over
+  that window (demand included: it favours policies under which demands are
+  allocated slowly, held longer), over each run's own length (which also favours
+  slower runs), and to the QEMUs' resident memory, which also counts free pages a
+  guest holds unreported;
 * too much demand: no ``autoballoon`` run lost more QEMUs than the best run of no
   ballooning, and every run escalated before its first death (or had none);
 * every other configuration ran at least once.
@@ -63,6 +64,10 @@ class Summary:
     """Over the runs that report it; None when none does (recorded before it existed)."""
     in_use_min_mib: float | None
     in_use_runs: int
+    kept_mean_mib: float | None = None
+    """Memory kept besides the demand over the first 180 s (``guests_kept_window_mib``)."""
+    kept_min_mib: float | None = None
+    kept_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,17 +89,21 @@ def summarize(runs: Iterable[Run]) -> list[Summary]:
     for (scenario, config), members in group(runs).items():
         held = [float(r["guests_held_mib"]) for r in members]
         in_use = [float(r["guests_in_use_mib"]) for r in members if r.get("guests_in_use_mib")]
+        kept = [float(r["guests_kept_window_mib"]) for r in members
+                if r.get("guests_kept_window_mib")]
         summaries.append(Summary(
             scenario, config, len(members), sum(kept_alive(r) for r in members),
             sum(int(r["qemu_killed"]) for r in members),
             sum(int(r["guest_oom_kills"]) for r in members),
             sum(held) / len(held), min(held),
             sum(in_use) / len(in_use) if in_use else None, min(in_use) if in_use else None,
-            len(in_use)))
+            len(in_use), sum(kept) / len(kept) if kept else None,
+            min(kept) if kept else None, len(kept)))
     return summaries
 
 
 KEPT_FIGURES = (
+    ("guests_kept_window_mib", "kept besides the demand over the first 180 s"),
     ("guests_in_use_window_mib", "kept in use over the first 180 s"),
     ("guests_in_use_mib", "kept in use (mean over each run's length)"),
     ("guests_held_mib", "held (resident)"),
@@ -103,7 +112,8 @@ KEPT_FIGURES = (
 
 def kept_memory(ours: list[Run], theirs: list[Run]) -> tuple[str, float, float]:
     """The best figure both groups have and its means over the runs that have it:
-    memory in use over a common window, else over each run's length, else resident."""
+    memory kept besides the demand over a common window, else in use over that window,
+    else over each run's length, else resident."""
     for key, what in KEPT_FIGURES:
         mine = [float(r[key]) for r in ours if r.get(key)]
         yours = [float(r[key]) for r in theirs if r.get(key)]

@@ -15,8 +15,9 @@ Steps of a guest program (times in seconds since the program started):
   MiB in 16 MiB chunks at R MiB/s (0: as fast as it can), hold H seconds,
   then free it; prints ``DEMAND-DONE <seconds to allocate>``.
 
-Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>``
-every second: the memory the guest keeps in use, page cache and all.
+Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>
+DEMAND <MiB>`` every second: the memory the guest keeps in use, page cache and
+all, and how much of it is the demand the program holds at that moment.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def run_program(text: str) -> None:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    threading.Thread(target=_report_in_use, args=(say,), daemon=True).start()
+    demand_held = [0]  # MiB touched by the running demand step, read by the reporter
+    threading.Thread(target=_report_in_use, args=(say, demand_held), daemon=True).start()
     fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
     for step in steps:
         kind = step["do"]
@@ -132,7 +134,8 @@ def run_program(text: str) -> None:
         elif kind == "wait":
             time.sleep(max(0.0, t0 + float(step["until"]) - time.monotonic()))
         elif kind == "demand":
-            _demand(int(step["mib"]), float(step["rate"]), float(step["hold"]), say)
+            _demand(int(step["mib"]), float(step["rate"]), float(step["hold"]), say,
+                    demand_held)
     say("END")
     while True:
         time.sleep(3600)
@@ -142,22 +145,23 @@ IN_USE_PERIOD = 1.0
 """Seconds between two ``IN-USE`` reports of a guest program."""
 
 
-def _report_in_use(say: Any) -> None:
-    """Every :data:`IN_USE_PERIOD`, print ``IN-USE <MiB>``: the guest's LRU pages
-    (``Active`` + ``Inactive`` in /proc/meminfo), that is its processes' memory and
-    its page cache. Balloon pages and free pages are not on the LRU lists."""
+def _report_in_use(say: Any, demand_held: list[int]) -> None:
+    """Every :data:`IN_USE_PERIOD`, print ``IN-USE <MiB> DEMAND <MiB>``: the guest's
+    LRU pages (``Active`` + ``Inactive`` in /proc/meminfo), that is its processes'
+    memory and its page cache, and the part of them the running demand step holds.
+    Balloon pages and free pages are not on the LRU lists."""
     while True:
         try:
             with open("/proc/meminfo") as handle:
                 fields = dict(line.split(":", 1) for line in handle)
             kib = int(fields["Active"].split()[0]) + int(fields["Inactive"].split()[0])
-            say(f"IN-USE {kib / 1024:.0f}")
+            say(f"IN-USE {kib / 1024:.0f} DEMAND {demand_held[0]}")
         except (OSError, KeyError, ValueError):
             pass
         time.sleep(IN_USE_PERIOD)
 
 
-def _demand(mib: int, rate: float, hold: float, say: Any) -> None:
+def _demand(mib: int, rate: float, hold: float, say: Any, demand_held: list[int]) -> None:
     say("DEMAND-START")
     began = time.monotonic()
     held: list[bytearray] = []
@@ -165,10 +169,12 @@ def _demand(mib: int, rate: float, hold: float, say: Any) -> None:
         chunk = bytearray(CHUNK_MIB * MiB)
         chunk[::4096] = b"\x01" * len(range(0, len(chunk), 4096))
         held.append(chunk)
+        demand_held[0] = len(held) * CHUNK_MIB
         if rate > 0:
             time.sleep(max(0.0, began + (n + 1) * CHUNK_MIB / rate - time.monotonic()))
     took = time.monotonic() - began
     say(f"DEMAND-ALLOCATED {took:.2f}")
     time.sleep(hold)
     held.clear()
+    demand_held[0] = 0
     say(f"DEMAND-DONE {took:.2f}")

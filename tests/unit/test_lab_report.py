@@ -11,11 +11,12 @@ CONFIGS = ("none", "static", "autoballoon")
 
 def run(scenario: str, config: str, *, killed: int = 0, guest_oom: int = 0,
         held: float = 1000.0, in_use: float = 0.0, window: float = 0.0,
-        death: float | None = None, escalation: float | None = None,
+        kept: float = 0.0, death: float | None = None, escalation: float | None = None,
         error: str | None = None) -> dict[str, Any]:
     return {"scenario": scenario, "config": config, "qemu_killed": killed,
             "guest_oom_kills": guest_oom, "guests_held_mib": held,
             "guests_in_use_mib": in_use, "guests_in_use_window_mib": window,
+            "guests_kept_window_mib": kept,
             "first_death_s": death, "first_escalation_s": escalation, "error": error}
 
 
@@ -75,6 +76,19 @@ def test_the_common_window_decides_over_each_runs_own_length() -> None:
     [result] = verdicts(runs, ["ramp16"], CONFIGS)
     assert not result.met
     assert "kept in use over the first 180 s 720 MiB" in result.reasons[0]
+
+
+def test_memory_kept_besides_the_demand_decides_over_memory_in_use() -> None:
+    # the static runs held their slowly allocated demands longer: more in use,
+    # less kept besides them
+    runs = survival_runs(held=850, in_use=700, window=520, kept=430)
+    runs[1] = run("ramp16", "static", held=900, in_use=750, window=560, kept=400)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert result.met, result.reasons
+    runs[1] = run("ramp16", "static", held=900, in_use=650, window=500, kept=450)
+    [result] = verdicts(runs, ["ramp16"], CONFIGS)
+    assert not result.met
+    assert "kept besides the demand over the first 180 s 430 MiB" in result.reasons[0]
 
 
 def test_runs_without_the_in_use_figure_are_left_out_of_its_mean() -> None:
