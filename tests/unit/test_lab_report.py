@@ -130,8 +130,28 @@ def test_overload_needs_an_escalation_before_each_death_and_no_worse_than_none()
     runs[-1] = run("too-much", "autoballoon #5", killed=2, death=50.0, escalation=60.0)
     result = verdicts(runs, ["too-much"], CONFIGS)[0]
     assert not result.met
-    assert result.reasons == ("1 run(s) lost more QEMUs than no ballooning (1)",
+    assert result.reasons == ("lost more than 1 QEMU(s) in 20% of its runs, no ballooning "
+                              "in 0%",
                               "1 run(s) did not escalate before the first death")
+
+
+def test_overload_compares_how_often_each_lost_more_than_k() -> None:
+    # no ballooning lost 1 or 2 (the kernel's second kill): ours no worse at any count
+    runs = [run("too-much", "none", killed=k) for k in (1, 2, 1, 2)]
+    runs.append(run("too-much", "static", killed=1))
+    runs += [run("too-much", f"autoballoon #{n}", killed=k, death=80.0, escalation=20.0)
+             for n, k in enumerate((1, 1, 2, 1, 1), 1)]
+    assert verdicts(runs, ["too-much"], CONFIGS)[0].met
+    # more often two than no ballooning (3 of 5 against 2 of 4), or ever three
+    for losses, reason in (((2, 2, 2, 1, 1), "lost more than 1 QEMU(s) in 60% of its runs, "
+                                             "no ballooning in 50%"),
+                           ((1, 1, 1, 1, 3), "lost more than 2 QEMU(s) in 20% of its runs, "
+                                             "no ballooning in 0%")):
+        runs[5:] = [run("too-much", f"autoballoon #{n}", killed=k, death=80.0,
+                        escalation=20.0) for n, k in enumerate(losses, 1)]
+        result = verdicts(runs, ["too-much"], CONFIGS)[0]
+        assert not result.met
+        assert result.reasons == (reason,)
 
 
 def test_summary_counts_runs_and_held_memory() -> None:
