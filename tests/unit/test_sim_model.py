@@ -134,6 +134,23 @@ def test_a_fast_grower_dies_with_the_cgroups_victim() -> None:
         assert sorted(model.killed) == dead
 
 
+def test_second_kills_are_bounded_largest_first() -> None:
+    import numpy as np
+
+    from autoballoon_sim.model import HostModel, ModelParams
+
+    mib = float(1 << 20)
+    params = ModelParams(kernel_min=64 * mib, kernel_percent=0.0, host_base_percent=0.0,
+                         deflate_on_oom=False, second_kill_rate=24 * mib, second_kills=1)
+    model = HostModel(np.array([1024 * mib] * 4), 2300 * mib, np.zeros(4), np.zeros(4),
+                      params)
+    model.step(0.1, 0.1, np.array([0.9, 0.3, 0.40, 0.30]))
+    assert model.killed == []
+    # over the limit: the largest (0) dies, and of the two growing, only the larger (2)
+    model.step(0.2, 0.1, np.array([0.9, 0.3, 0.60, 0.50]))
+    assert sorted(model.killed) == [0, 2]
+
+
 def test_deflate_on_oom_is_not_undone_by_the_old_target() -> None:
     import numpy as np
 
