@@ -47,7 +47,7 @@ def fuzz(session: nox.Session) -> None:
 @nox.session(venv_backend="none", requires=["unit"])
 def integration(session: nox.Session) -> None:
     """Real kernel interfaces, QEMU guests, libvirtd, the Ansible checks, hooks."""
-    _pytest(session, "tests/integration", "-q", "--durations=15")
+    _pytest(session, "tests/integration", "-q", "--durations=60")
 
 
 @nox.session(venv_backend="none", requires=["unit"])
