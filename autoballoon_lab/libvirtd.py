@@ -4,15 +4,28 @@ There is no systemd on the lab machines: this starts the system instance
 (``virtlogd -d``, ``libvirtd -d``, i.e. ``qemu:///system``) when none is running,
 remembers the PIDs it started, and stops only those. A daemon that is already
 running (started by someone else) is used as is and never stopped.
+
+The libvirtd started here sees ``/dev/kvm`` as udev would have left it
+(``root:kvm``, mode 0660): it runs in a mount namespace of its own where a node
+of the same device with those permissions is bind-mounted over the host's; the
+host's own node is left as it is. Without udev (the lab machines) the node is
+``root:root`` 0600, and libvirt 9.0 probes QEMU with the right to open it
+(``CAP_DAC_OVERRIDE``) but checks the device as its QEMU user: KVM is "not
+available now" at each lookup, the capabilities cache is thrown away and QEMU
+probed again, 48-130 s per ``defineXML`` on a busy machine. With the node as udev
+makes it, the probe is made once and its cache stays valid. The lab's and the
+tests' domains are software-emulated (``type='qemu'``) either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -88,6 +101,40 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+KVM_DEVICE = Path("/dev/kvm")
+
+
+def with_kvm_node(argv: list[str], node: Path) -> list[str]:
+    """``argv`` run in a mount namespace of its own where ``node`` is bind-mounted over
+    ``/dev/kvm``; the host's stays as it is."""
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(node), str(KVM_DEVICE), *argv]
+
+
+KVM_NODE = RUN_DIR / "autoballoon-libvirtd-kvm"
+"""The ``/dev/kvm`` node of our libvirtd's namespace (``root:kvm`` 0660). It stays while
+that libvirtd runs: libvirt moves every mount under ``/dev`` into each domain's own
+``/dev``, this one included."""
+
+
+def _has_group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _kvm_node() -> Path:
+    """A node of the host's KVM device as udev leaves it (``root:kvm``, 0660)."""
+    KVM_NODE.unlink(missing_ok=True)
+    os.mknod(KVM_NODE, 0o660 | stat.S_IFCHR, os.stat(KVM_DEVICE).st_rdev)
+    os.chown(KVM_NODE, 0, grp.getgrnam("kvm").gr_gid)
+    os.chmod(KVM_NODE, 0o660)
+    return KVM_NODE
+
+
 class LibvirtDaemon:
     """The system libvirtd the tests use, and whether they own it."""
 
@@ -129,8 +176,10 @@ class LibvirtDaemon:
         return self
 
     def start_libvirtd(self) -> None:
-        """Start ``libvirtd -d`` and wait until it accepts connections."""
-        self.libvirtd_pid = self._spawn("libvirtd", LIBVIRTD_PIDFILE, LIBVIRTD_SOCKET)
+        """Start ``libvirtd -d`` (``/dev/kvm`` as udev makes it) and wait until it
+        accepts connections."""
+        self.libvirtd_pid = self._spawn("libvirtd", LIBVIRTD_PIDFILE, LIBVIRTD_SOCKET,
+                                        udev_kvm=True)
         self.owns_libvirtd = True
         # The socket is up before the drivers finished starting: wait for a real answer.
         _wait(self._answers, 30.0, "libvirtd answering on qemu:///system")
@@ -154,15 +203,15 @@ class LibvirtDaemon:
                 conn.close()
 
     @staticmethod
-    def _spawn(binary: str, pidfile: Path, sock: Path) -> int:
+    def _spawn(binary: str, pidfile: Path, sock: Path, udev_kvm: bool = False) -> int:
         # A stale pid file of a dead daemon would make the new one refuse to start.
         stale = _read_pid(pidfile)
         if stale is not None and not _pid_alive(stale):
             pidfile.unlink(missing_ok=True)
-        result = subprocess.run(
-            [binary, "-d", "--pid-file", str(pidfile)],
-            capture_output=True, text=True, timeout=30,
-        )
+        argv = [binary, "-d", "--pid-file", str(pidfile)]
+        if udev_kvm and KVM_DEVICE.exists() and _has_group("kvm"):
+            argv = with_kvm_node(argv, _kvm_node())
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"{binary} -d failed ({result.returncode}): {result.stderr.strip()}")
         _wait(lambda: _read_pid(pidfile) is not None, 10.0, f"{binary} pid file {pidfile}")
@@ -194,6 +243,7 @@ class LibvirtDaemon:
         if self.owns_libvirtd and self.libvirtd_pid is not None:
             _stop_pid(self.libvirtd_pid)
             self.libvirtd_pid = None
+            KVM_NODE.unlink(missing_ok=True)
         if self.owns_virtlogd and self.virtlogd_pid is not None:
             _stop_pid(self.virtlogd_pid)
             self.virtlogd_pid = None
