@@ -121,7 +121,7 @@ def agent_counts(describe: Mapping[str, object]) -> dict[str, tuple[int, int]]:
     """Per guest (accepted, dropped) from a guest-channel source's ``describe()``.
 
     Expects ``{"guests": {id: {"messages": {kind: n}, "dropped": {reason: n}}}}``
-    (what :mod:`autoballoon_plugins.channel` gives); anything else counts as nothing.
+    (what :mod:`autoballoon_plugins.sources.channel` gives); anything else counts as nothing.
     """
     guests = describe.get("guests")
     if not isinstance(guests, Mapping):

@@ -38,7 +38,7 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_plugins.watermark import FallRate
+from autoballoon_plugins.sources.watermark import FallRate
 from autoballoon_sim.model import HostModel
 
 SOURCE = "sim"

@@ -32,8 +32,8 @@ from pathlib import Path
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
 from autoballoon_lab import GuestConfig, LabGuest, MemoryCgroup, VirtioMemConfig, ensure_image
 from autoballoon_lab.paths import host_python
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 from bench.tables import print_rows
 
 TOTAL_MIB = 768

@@ -27,8 +27,8 @@ from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, ensure_image
 from autoballoon_lab.prereq import require_lab
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 
 GUEST_MIB = 384
 MAX = GUEST_MIB * MiB

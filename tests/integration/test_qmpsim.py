@@ -24,8 +24,8 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
 from autoballoon_lab.qmpsim import BALLOON_PATH, JSONStreamSplitter, QMPSimulator
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 
 GUEST_MIB = 384
 TARGET_MIB = 256

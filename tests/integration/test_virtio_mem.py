@@ -22,7 +22,7 @@ from autoballoon_core.model import MiB, Outcome, PressureEvent, PressureLevel
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
-from autoballoon_plugins.qmp.backend import QMPBackend
+from autoballoon_plugins.backends.qmp.backend import QMPBackend
 
 BASE = 256 * MiB
 REGION = 512 * MiB

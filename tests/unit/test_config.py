@@ -10,7 +10,7 @@ from autoballoon_core import bootstrap
 from autoballoon_core.config import ConfigError
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.options import OptionError, parse_duration, parse_size
-from autoballoon_plugins.seed_policies import LevelsSettings
+from autoballoon_plugins.policies.seed import LevelsSettings
 
 GOOD = """
 [engine]

@@ -21,9 +21,9 @@ from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB, Outcome
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
-from autoballoon_plugins.libvirt import LibvirtOptions
-from autoballoon_plugins.libvirt.backend import LibvirtBackend
-from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
+from autoballoon_plugins.backends.libvirt import LibvirtOptions
+from autoballoon_plugins.backends.libvirt.backend import LibvirtBackend
+from autoballoon_plugins.backends.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
 
 libvirt = pytest.importorskip("libvirt")
 

@@ -17,7 +17,7 @@ from autoballoon_core.metrics import (
 )
 from autoballoon_core.model import Action, MiB, Outcome, PressureEvent, PressureLevel, Veto
 from autoballoon_core.testing import SCRIPTED_SOURCE, Harness, harness
-from autoballoon_plugins.channel import ChannelSettings, GuestLink
+from autoballoon_plugins.sources.channel import ChannelSettings, GuestLink
 
 SETTINGS: dict[str, Any] = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},

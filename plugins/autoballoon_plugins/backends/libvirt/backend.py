@@ -26,7 +26,7 @@ import libvirt
 
 from autoballoon_core.interfaces import ActuatorError, Backend, Inventory, PluginContext
 from autoballoon_core.model import GuestId
-from autoballoon_plugins.virtio_mem import MemoryLayout, plan
+from autoballoon_plugins.backends.virtio_mem import MemoryLayout, plan
 
 from . import LibvirtOptions
 from .connection import CLOSE_REASONS, Backoff, Connection, Handlers
