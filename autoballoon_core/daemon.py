@@ -92,7 +92,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._release_on_exit = False
         self._closing = False
-        """Set on a clean stop: give the guests their memory back (``[guards]``)."""
+        """Set on a clean stop: give the guests their memory back (``[guard]``)."""
         self._reload_lock = asyncio.Lock()
         self.engine.notices.append(self._engine_notice)
 
@@ -118,7 +118,7 @@ class Daemon:
                 self._closing = True  # no reload starts while the parts close
             log.info("stopping")
             self.notifier.stopping()
-            self._release_on_exit = bool(self.engine.config.guards["release_on_exit"])
+            self._release_on_exit = bool(self.engine.config.guard["release_on_exit"])
         return 0
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:

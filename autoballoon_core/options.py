@@ -1,6 +1,6 @@
 """The schema of configuration sections: typed settings classes and value parsing.
 
-Every section of the configuration (``[guards]``, ``[policies.NAME]``,
+Every section of the configuration (``[guard]``, ``[policies.NAME]``,
 ``[sources.NAME]``...) has exactly one schema: a frozen dataclass deriving
 from :class:`Section` whose fields are declared with the helpers below
 (:func:`size`, :func:`duration`, :func:`number`...). The field's name is the
@@ -214,7 +214,7 @@ class Section:
 class KeyedSection(Section, Mapping[str, Any]):
     """A section that can also be read as a mapping, ``section["key"]``.
 
-    Only for the core modules that still read ``[daemon]``, ``[guards]`` and
+    Only for the core modules that still read ``[daemon]``, ``[guard]`` and
     ``[metrics]`` by key (the daemon, the metrics endpoint, the audit log);
     read attributes in new code.
     """

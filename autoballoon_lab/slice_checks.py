@@ -265,7 +265,7 @@ medium = "16MiB"
 critical = "32MiB"
 release_after = "0s"
 
-[guards]
+[guard]
 floor = "64MiB"
 
 [host]

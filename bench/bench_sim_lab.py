@@ -128,7 +128,7 @@ def simulate(scenario: Scenario, config: str, params: ModelParams | None = None,
         spec = policy_specs()[config]
         cfg = make_config(spec, options, {"tick_interval": 2.0}, {})
         policy = build_policy(spec, cfg)
-        engine = SimEngine(policy, cfg.guards, cfg.engine, model,
+        engine = SimEngine(policy, cfg.guard, cfg.engine, model,
                            stats_interval=2.0, guest_event_period=0.5,
                            escalation=EscalationSettings())
     elif config == "static":

@@ -90,7 +90,7 @@ class Sizes:
     def guest_balloon(self, guest: str, actual: int, max_bytes: int | None = None) -> None:
         self.actual[guest] = actual
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         pass
 
     def guest_reachable(self, guest: str, reachable: bool, why: str = "") -> None:

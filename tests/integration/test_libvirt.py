@@ -67,7 +67,7 @@ class Recorder:
         self.actual[guest] = actual
         self._note("balloon", guest, actual)
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats[guest] = stats
         self._note("stats", guest, stats)
 

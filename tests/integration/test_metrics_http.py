@@ -22,7 +22,7 @@ from autoballoon_core.testing import harness
 
 SETTINGS = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
-    "guards": {"floor": "256MiB", "cooldown": 0},
+    "guard": {"floor": "256MiB", "cooldown": 0},
     "sources": {"guest-channel": {"enabled": True}},
 }
 

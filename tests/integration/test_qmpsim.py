@@ -261,7 +261,7 @@ class Inventory:
         self.balloon.append((guest, actual))
         self.changed.set()
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats.append((guest, stats))
         self.changed.set()
 

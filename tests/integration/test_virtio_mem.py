@@ -146,7 +146,7 @@ async def test_the_engine_unplugs_through_the_guard_down_to_base_memory(
     registry = collect(manager)
     config = build_config({
         "engine": {"policy": "seed-levels", "tick_interval": 60, "coalesce_interval": 0},
-        "guards": {"floor": "128MiB", "cooldown": 0},
+        "guard": {"floor": "128MiB", "cooldown": 0},
         "policies": {"seed-levels": {"release_after": 0}},
         "backends": {"qmp": {"enabled": True, "glob": str(run_dir / "*.qmp"),
                              "stats_period": 0, "rescan_interval": 0.5}},

@@ -55,7 +55,7 @@ class Recorder:
         self.calls.append(("balloon", guest))
         self.actual[guest] = actual
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.calls.append(("stats", guest))
         self.stats[guest] = stats
 
@@ -215,7 +215,7 @@ async def test_who_is_managed_follows_the_engine_not_the_config_seen_at_start(
         return build_config({
             "engine": {"policy": "seed-fixed", "tick_interval": "1h"},
             "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": 0}},
-            "guards": {"cooldown": 0, "floor": "256MiB"},
+            "guard": {"cooldown": 0, "floor": "256MiB"},
             "guests": {guest: {"managed": False} for guest in guests},
         }, registry)
 

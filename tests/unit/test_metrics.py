@@ -21,7 +21,7 @@ from autoballoon_plugins.sources.channel import ChannelSettings, GuestLink
 
 SETTINGS: dict[str, Any] = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
-    "guards": {"floor": "256MiB", "cooldown": 0},
+    "guard": {"floor": "256MiB", "cooldown": 0},
 }
 
 
@@ -119,7 +119,7 @@ async def test_failures_and_timeouts_come_from_engine_counters() -> None:
 
 
 async def test_vetoes_are_bucketed() -> None:
-    settings = {**SETTINGS, "guards": {"floor": "256MiB", "cooldown": "1h"}}
+    settings = {**SETTINGS, "guard": {"floor": "256MiB", "cooldown": "1h"}}
     async with harness(settings, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         m = with_metrics(h)
         h.host_event(PressureLevel.MEDIUM)

@@ -124,7 +124,7 @@ class Recorder:
         self.balloon.append(actual)
         self.changed.set()
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats.append(stats)
         self.changed.set()
 

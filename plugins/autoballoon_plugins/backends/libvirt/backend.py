@@ -575,7 +575,7 @@ class LibvirtBackend(Backend):
             reading.last_update is None or reading.last_update != domain.last_update
         ):
             domain.last_update = reading.last_update
-            self._inventory.guest_stats(domain.guest, reading.stats)
+            self._inventory.report_stats(domain.guest, reading.stats)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ Each guest runs in its own task, so a guest whose QEMU hangs or dies never
 delays another. The task reports through the engine's Inventory:
 ``guest_appeared`` after every successful (re)connect (with the size read from
 QEMU, which is adopted, never changed), ``guest_balloon`` on ``BALLOON_CHANGE``
-and ``MEMORY_DEVICE_SIZE_CHANGE``, ``guest_stats`` every stats period,
+and ``MEMORY_DEVICE_SIZE_CHANGE``, ``report_stats`` every stats period,
 ``guest_reachable`` when the connection breaks and comes back.
 
 A guest with a virtio-mem device is sized as base memory plus plugged memory
@@ -272,7 +272,7 @@ class GuestRunner:
         if parsed.last_update == self.last_stats_update:
             return  # nothing new since the last read: stale figures are not news
         self.last_stats_update = parsed.last_update
-        self.inventory.guest_stats(self.id, parsed.stats)
+        self.inventory.report_stats(self.id, parsed.stats)
 
     def _balloon_changed(self, data: object) -> None:
         """A ``BALLOON_CHANGE`` event (QEMU sends at most about one per second)."""

@@ -15,7 +15,7 @@ from autoballoon_core.options import KeyedSection, duration, flag, number, size
 
 @dataclass(frozen=True, slots=True)
 class GuardSettings(KeyedSection):
-    """``[guards]``: the invariants' limits."""
+    """``[guard]``: the invariants' limits."""
 
     floor: int = size(256 * 1024**2,
                       "No guest is ballooned below this much memory (per-guest overrides win).")
