@@ -22,7 +22,6 @@ from autoballoon_core.guard import GuardSettings
 from autoballoon_core.interfaces import Registered
 from autoballoon_core.model import GuestId
 from autoballoon_core.options import (
-    KeyedSection,
     Kind,
     Option,
     OptionError,
@@ -65,7 +64,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DaemonSettings(KeyedSection):
+class DaemonSettings(Section):
     """``[daemon]``: the control socket, the audit log, logging."""
 
     control_socket: str = text("/run/autoballoon/control.sock",
@@ -105,7 +104,7 @@ class HostSettings(Section):
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings(KeyedSection):
+class MetricsSettings(Section):
     """``[metrics]``: the Prometheus endpoint."""
 
     enabled: bool = flag(False, "Serve Prometheus metrics over HTTP.")

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from autoballoon_core.model import Decision, GuestState, Origin, PressureLevel, Snapshot, Veto
-from autoballoon_core.options import KeyedSection, duration, flag, number, size
+from autoballoon_core.options import Section, duration, flag, number, size
 
 
 @dataclass(frozen=True, slots=True)
-class GuardSettings(KeyedSection):
+class GuardSettings(Section):
     """``[guard]``: the invariants' limits."""
 
     floor: int = size(256 * 1024**2,

@@ -107,8 +107,8 @@ def test_dropins_override_single_keys_in_name_order(tmp_path: Path) -> None:
     write(dropins, "[guard]\nfloor = \"400MiB\"\n", "10-a.toml")
     write(dropins, "[guard]\nfloor = \"500MiB\"\n", "20-b.toml")
     config = bootstrap.load(path).config
-    assert config.guard["floor"] == 500 * MiB
-    assert config.guard["max_step"] == 512 * MiB
+    assert config.guard.floor == 500 * MiB
+    assert config.guard.max_step == 512 * MiB
 
 
 def test_the_old_section_name_guards_is_read_with_a_warning_naming_the_file(
@@ -136,7 +136,7 @@ def test_old_and_new_guard_section_in_one_file_is_an_error(tmp_path: Path) -> No
 
 def test_command_line_overrides_win(tmp_path: Path) -> None:
     config = bootstrap.load(write(tmp_path, GOOD), overrides={"daemon": {"dry_run": True}}).config
-    assert config.daemon["dry_run"] is True
+    assert config.daemon.dry_run is True
 
 
 def test_blocked_plugins_are_not_loaded(tmp_path: Path) -> None:
@@ -179,4 +179,4 @@ def test_existing_groups_are_accepted(tmp_path: Path) -> None:
     name = grp.getgrgid(os.getegid()).gr_name
     text = GOOD + f'\n[daemon]\ncontrol_read_group = "{name}"\ncontrol_admin_group = "{name}"\n'
     config = bootstrap.load(write(tmp_path, text)).config
-    assert config.daemon["control_read_group"] == name
+    assert config.daemon.control_read_group == name

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoballoon_core.config import MetricsSettings
 from autoballoon_core.metrics import (
     MAX_LABEL_VALUES,
     REASON_KINDS,
@@ -43,7 +44,7 @@ def names(metrics: Metrics) -> set[str]:
 
 
 def with_metrics(h: Harness) -> Metrics:
-    return install(h.engine.manager, h.engine, {"enabled": False})
+    return install(h.engine.manager, h.engine, MetricsSettings(enabled=False))
 
 
 async def test_guest_gauges_follow_the_inventory() -> None:
