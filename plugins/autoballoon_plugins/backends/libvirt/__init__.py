@@ -61,7 +61,7 @@ class Libvirt(Backend):
     def create(cls, context: PluginContext[LibvirtOptions]) -> Any:
         from .backend import LibvirtBackend
 
-        return LibvirtBackend(context.name, context.settings, context)
+        return LibvirtBackend(context.name, context.settings)
 
 
 @hookimpl
