@@ -35,6 +35,10 @@ $(STAMP)/venv: pyproject.toml $(STAMP)/apt
 	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# the development tools (autoballoon_lab, autoballoon_sim, bench/, tools/) are not
+	@# packaged (docs/architecture.md, Layout): the checkout goes on the virtualenv's path
+	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], \
+		"autoballoon-checkout.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
 	@touch $@
 
 deps: $(STAMP)/venv

@@ -62,7 +62,7 @@ def molecule_missing() -> str:
         return "needs root"
     if not (BIN / "molecule").exists():
         return "molecule is not installed (the project's extra 'ansible')"
-    from autoballoon_lab.systemd_vm import unavailable_reason  # installed by `make deps`
+    from autoballoon_lab.systemd_vm import unavailable_reason  # on the path by `make deps`
 
     return unavailable_reason() or ""
 

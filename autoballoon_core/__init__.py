@@ -4,6 +4,7 @@ Everything a plugin author needs is importable from here: the ``hookimpl``
 marker, the component base classes, the model, the settings helpers and sizes.
 """
 
+from autoballoon_core.guard import current_target, under_pressure
 from autoballoon_core.interfaces import (
     ActuatorError,
     Backend,
@@ -49,7 +50,6 @@ from autoballoon_core.options import (
     text,
 )
 from autoballoon_core.plugins import hookimpl
-from autoballoon_core.safety import current_target, under_pressure
 
 # One version for the whole distribution, written once: in the guest agent's file,
 # because that file is copied into guests on its own and must carry it itself.

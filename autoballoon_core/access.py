@@ -25,10 +25,12 @@ import os
 import pwd
 import socket
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autoballoon_core.config import DaemonSettings
 
 READ = "read"
 HINT = "hint"
@@ -130,19 +132,17 @@ class AccessTable:
     """Group option -> group name, for messages."""
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any],
-                     daemon_uid: int | None = None) -> AccessTable:
+    def from_settings(cls, daemon: DaemonSettings,
+                      daemon_uid: int | None = None) -> AccessTable:
         """Resolve the ``[daemon]`` group options (ValueError names an unknown group)."""
-        gids: dict[str, int | None] = {}
-        names: dict[str, str] = {}
-        for key in GROUP_OPTIONS:
-            name = str(options.get(key) or "")
-            gids[key] = group_id(key, name) if name else None
-            if name:
-                names[key] = name
+        configured = {"control_socket_group": daemon.control_socket_group,
+                      "control_read_group": daemon.control_read_group,
+                      "control_admin_group": daemon.control_admin_group}
+        names = {key: name for key, name in configured.items() if name}
+        gids = {key: group_id(key, name) for key, name in names.items()}
         return cls(os.geteuid() if daemon_uid is None else daemon_uid,
-                   gids["control_socket_group"], gids["control_read_group"],
-                   gids["control_admin_group"], names)
+                   gids.get("control_socket_group"), gids.get("control_read_group"),
+                   gids.get("control_admin_group"), names)
 
     def classes(self, peer: Peer) -> frozenset[str]:
         """The command classes ``peer`` may use."""

@@ -25,13 +25,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from autoballoon_core.config import DaemonSettings
 from autoballoon_core.escalation import escalation_payload
 from autoballoon_core.model import Action, Escalation, PressureEvent, RoundRecord, Snapshot
 from autoballoon_core.plugins import hookimpl
 from autoballoon_core.ratelimit import TokenBucket
-
-DEFAULT_RATE = 20.0
-DEFAULT_BURST = 200
 
 
 def event_record(event: PressureEvent) -> dict[str, Any]:
@@ -88,24 +86,24 @@ def round_record(record: RoundRecord, snapshot: Snapshot) -> dict[str, Any]:
 class AuditLog:
     """A plugin object that appends audit records to a file, rate-capped per kind."""
 
-    def __init__(self, path: str, settings: Mapping[str, Any] | None = None,
+    def __init__(self, path: str, settings: DaemonSettings | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.clock = clock
-        self.rate = DEFAULT_RATE
-        self.burst = DEFAULT_BURST
+        self.rate = 0.0
+        self.burst = 0
         self._buckets: dict[str, TokenBucket] = {}
         self.suppressed: dict[str, int] = {}
         """Records of each kind dropped since the last ``suppressed`` line."""
         self.reopens = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self._open()
-        self.configure(settings or {})
+        self.configure(settings or DaemonSettings())
 
-    def configure(self, settings: Mapping[str, Any]) -> None:
+    def configure(self, settings: DaemonSettings) -> None:
         """Take ``[daemon] audit_rate``/``audit_burst`` (new buckets) and reopen the file."""
-        self.rate = float(settings.get("audit_rate", DEFAULT_RATE))
-        self.burst = int(settings.get("audit_burst", DEFAULT_BURST))
+        self.rate = settings.audit_rate
+        self.burst = settings.audit_burst
         self._buckets.clear()
         self.reopen()
 

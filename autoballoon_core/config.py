@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import logging
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from autoballoon_core.engine_core import EngineSettings, EscalationSettings
+from autoballoon_core.guard import GuardSettings
 from autoballoon_core.interfaces import Registered
 from autoballoon_core.model import GuestId
 from autoballoon_core.options import (
-    KeyedSection,
     Kind,
     Option,
     OptionError,
@@ -37,11 +38,15 @@ from autoballoon_core.options import (
     text,
 )
 from autoballoon_core.plugins import Registry
-from autoballoon_core.safety import GuardSettings
 
 DEFAULT_PATH = Path("/etc/autoballoon/autoballoon.toml")
 DROPIN_DIR_NAME = "autoballoon.d"
 BUILTIN_FILE = "<defaults>"
+
+RENAMED_SECTIONS: dict[str, str] = {"guards": "guard"}
+"""Old section name -> new one: still read, with a warning naming the file."""
+
+log = logging.getLogger(__name__)
 
 
 WHOLE_FILE = "-"
@@ -59,7 +64,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DaemonSettings(KeyedSection):
+class DaemonSettings(Section):
     """``[daemon]``: the control socket, the audit log, logging."""
 
     control_socket: str = text("/run/autoballoon/control.sock",
@@ -99,7 +104,7 @@ class HostSettings(Section):
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings(KeyedSection):
+class MetricsSettings(Section):
     """``[metrics]``: the Prometheus endpoint."""
 
     enabled: bool = flag(False, "Serve Prometheus metrics over HTTP.")
@@ -140,7 +145,7 @@ ENABLED = Option("enabled", Kind.BOOL, False, "Turn this component on.")
 SECTIONS: dict[str, type[Section]] = {
     "daemon": DaemonSettings,
     "engine": EngineSettings,
-    "guards": GuardSettings,
+    "guard": GuardSettings,
     "escalation": EscalationSettings,
     "host": HostSettings,
     "metrics": MetricsSettings,
@@ -157,7 +162,7 @@ class Config:
     files: tuple[str, ...]
     daemon: DaemonSettings
     engine: EngineSettings
-    guards: GuardSettings
+    guard: GuardSettings
     host: HostSettings
     metrics: MetricsSettings
     block: tuple[str, ...]
@@ -191,7 +196,7 @@ class _Raw:
     origin: dict[str, str] = field(default_factory=dict)
 
     def merge(self, table: Mapping[str, Any], file: str) -> None:
-        self._merge_into(self.data, table, file, "")
+        self._merge_into(self.data, _renamed(table, file), file, "")
 
     def _merge_into(
         self, target: dict[str, Any], table: Mapping[str, Any], file: str, prefix: str
@@ -210,6 +215,21 @@ class _Raw:
 
     def where(self, dotted: str) -> str:
         return self.origin.get(dotted, BUILTIN_FILE)
+
+
+def _renamed(table: Mapping[str, Any], file: str) -> Mapping[str, Any]:
+    """``table`` with its deprecated section names replaced, each one warned about."""
+    renamed = dict(table)
+    for old, new in RENAMED_SECTIONS.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise ConfigError(file, old, f"[{old}] is the deprecated name of [{new}]; "
+                              f"this file has both: move the keys of [{old}] into [{new}]")
+        log.warning("%s: [%s] is deprecated, write [%s] (same keys); the old name is still "
+                    "read for now", file, old, new)
+        renamed[new] = renamed.pop(old)
+    return renamed
 
 
 def config_files(path: Path | None = None) -> list[Path]:
@@ -361,7 +381,7 @@ def validate(raw: _Raw, registry: Registry, files: Sequence[str]) -> Config:
         files=tuple(files),
         daemon=daemon,
         engine=engine,
-        guards=_section(fixed, "guards", GuardSettings),
+        guard=_section(fixed, "guard", GuardSettings),
         host=_section(fixed, "host", HostSettings),
         metrics=_section(fixed, "metrics", MetricsSettings),
         block=tuple(_section(fixed, "plugins", PluginSettings).block),

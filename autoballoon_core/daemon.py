@@ -24,7 +24,7 @@ from typing import Any
 from autoballoon_core import __version__, bootstrap
 from autoballoon_core.access import GROUP_OPTIONS, AccessTable, Peer
 from autoballoon_core.audit import AuditLog
-from autoballoon_core.config import ConfigError
+from autoballoon_core.config import ConfigError, DaemonSettings
 from autoballoon_core.control import CommandRefused, ControlServer
 from autoballoon_core.engine import MAX_NAME, Engine
 from autoballoon_core.notify import Notifier
@@ -92,7 +92,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._release_on_exit = False
         self._closing = False
-        """Set on a clean stop: give the guests their memory back (``[guards]``)."""
+        """Set on a clean stop: give the guests their memory back (``[guard]``)."""
         self._reload_lock = asyncio.Lock()
         self.engine.notices.append(self._engine_notice)
 
@@ -118,7 +118,7 @@ class Daemon:
                 self._closing = True  # no reload starts while the parts close
             log.info("stopping")
             self.notifier.stopping()
-            self._release_on_exit = bool(self.engine.config.guards["release_on_exit"])
+            self._release_on_exit = self.engine.config.guard.release_on_exit
         return 0
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
@@ -150,12 +150,12 @@ class Daemon:
             await self.engine.start()
         except Exception as exc:
             raise _CannotStart(f"cannot start: {exc}") from exc
-        self.control = ControlServer(self.loaded.config.daemon["control_socket"], {
+        self.control = ControlServer(self.loaded.config.daemon.control_socket, {
             "ping": self._ping, "status": self._status, "explain": self._explain,
             "reload": self._reload_command, "hint": self._hint, "set": self._set,
             "manage": self._manage, "unmanage": self._unmanage, "pause": self._pause,
             "resume": self._resume,
-        }, access=AccessTable.from_options(self.loaded.config.daemon), refused=self._refused)
+        }, access=AccessTable.from_settings(self.loaded.config.daemon), refused=self._refused)
         stack.push_async_callback(self.control.stop)
         try:
             await self.control.start()
@@ -200,7 +200,7 @@ class Daemon:
         try:
             from autoballoon_core import metrics
         except ImportError:
-            if self.loaded.config.metrics["enabled"]:
+            if self.loaded.config.metrics.enabled:
                 raise
             return None
         return metrics.install(self.loaded.manager, self.engine, self.loaded.config.metrics)
@@ -225,8 +225,8 @@ class Daemon:
             self.audit.close()
             self.audit = None
 
-    def _open_audit(self, settings: Any) -> None:
-        path = settings["audit_log"]
+    def _open_audit(self, settings: DaemonSettings) -> None:
+        path = settings.audit_log
         if self.audit is not None:
             if str(self.audit.path) == path:
                 self.audit.configure(settings)  # new limits; reopened (logrotate's SIGHUP)
@@ -248,11 +248,11 @@ class Daemon:
                     if getattr(config, section) != getattr(old, section):
                         log.warning("reload: changes to %s take effect after a restart", section)
                 for key in ("control_socket", *GROUP_OPTIONS):
-                    if config.daemon[key] != old.daemon[key]:
+                    if getattr(config.daemon, key) != getattr(old.daemon, key):
                         log.warning("reload: [daemon] %s takes effect after a restart", key)
                 self.engine.apply_config(config)
                 self._open_audit(config.daemon)
-                set_log_level(config.daemon["log_level"])
+                set_log_level(config.daemon.log_level)
             except (ConfigError, PluginError) as exc:
                 log.error("reload rejected, keeping the running configuration: %s", exc)
                 return {"reloaded": False, "error": str(exc)}
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PluginError) as exc:
         print(f"autoballoond: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    set_log_level(loaded.config.daemon["log_level"])
+    set_log_level(loaded.config.daemon.log_level)
     daemon = Daemon(loaded, args.config, overrides)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(daemon.release() if args.release else daemon.run())

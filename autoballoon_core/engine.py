@@ -24,7 +24,6 @@ from typing import Any
 
 import pluggy
 
-from autoballoon_core import safety
 from autoballoon_core.config import Config
 from autoballoon_core.engine_core import (
     Counters,
@@ -36,6 +35,7 @@ from autoballoon_core.engine_core import (
     PlannedRound,
 )
 from autoballoon_core.escalation import EscalationRunner
+from autoballoon_core.guard import GuardSettings, current_target
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import (
     ActuatorError,
@@ -92,8 +92,8 @@ class _BackendInventory:
         if event is not None:
             self._engine.emit(event)
 
-    def guest_stats(self, guest: GuestId, stats: GuestStats) -> None:
-        state = self._engine.core.guest_stats(self._backend, guest, stats)
+    def report_stats(self, guest: GuestId, stats: GuestStats) -> None:
+        state = self._engine.core.report_stats(self._backend, guest, stats)
         if state is not None:
             self._engine._stats_arrived(dataclasses.replace(state), stats)
 
@@ -143,7 +143,7 @@ class Engine:
 
     # -- configuration -------------------------------------------------------
 
-    def _build(self, config: Config) -> tuple[Policy, EngineSettings, safety.GuardSettings,
+    def _build(self, config: Config) -> tuple[Policy, EngineSettings, GuardSettings,
                                               Callable[[GuestId, str], GuestOverride],
                                               EscalationSettings, HostMemoryReader,
                                               EscalationRunner]:
@@ -151,7 +151,7 @@ class Engine:
         spec = self.registry.policies[config.policy]
         policy = spec.create(config.policy, config.policy_options, config)
         escalation = config.escalation
-        return (policy, config.engine, config.guards, _overrides_of(config), escalation,
+        return (policy, config.engine, config.guard, _overrides_of(config), escalation,
                 HostMemoryReader(config.host.memory_cgroup),
                 EscalationRunner(escalation.command, escalation.command_timeout))
 
@@ -192,7 +192,7 @@ class Engine:
         return self.core.steering.paused is not None
 
     @property
-    def guard(self) -> safety.GuardSettings:
+    def guard(self) -> GuardSettings:
         return self.core.guard
 
     @property
@@ -325,7 +325,7 @@ class Engine:
         tolerance = self.core.guard.tolerance
         while True:
             moving = [g for g in self.core.guests.values() if g.reachable
-                      and abs(g.actual_bytes - safety.current_target(g)) > tolerance]
+                      and abs(g.actual_bytes - current_target(g)) > tolerance]
             if not moving or self.clock() >= deadline:
                 return not moving
             await asyncio.sleep(0.2)
@@ -477,7 +477,7 @@ class Engine:
     def _stats_arrived(self, guest: GuestState, stats: GuestStats) -> None:
         for source in self.sources.values():
             try:
-                source.guest_stats(guest, stats)
+                source.receive_stats(guest, stats)
             except Exception:
                 log.exception("source %s failed on stats of %s", source.name, guest.id)
 

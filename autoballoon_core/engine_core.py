@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from autoballoon_core import safety
+from autoballoon_core.guard import GuardSettings, current_target, review, self_deflated, stalled
 from autoballoon_core.model import (
     Action,
     Decision,
@@ -177,7 +177,7 @@ class EngineCore:
     def __init__(
         self,
         settings: EngineSettings,
-        guard: safety.GuardSettings,
+        guard: GuardSettings,
         decide: DecideFn,
         now: float,
         *,
@@ -215,7 +215,7 @@ class EngineCore:
 
     # -- configuration ---------------------------------------------------------------
 
-    def reconfigure(self, settings: EngineSettings, guard: safety.GuardSettings,
+    def reconfigure(self, settings: EngineSettings, guard: GuardSettings,
                     decide: DecideFn, overrides: Callable[[GuestId, str], GuestOverride],
                     escalation: EscalationSettings, now: float) -> None:
         """Switch to new settings in one step (everything was built beforehand)."""
@@ -290,7 +290,7 @@ class EngineCore:
         self._drop_manual(guest, "the guest vanished")
         return True
 
-    def guest_stats(self, backend: str, guest: GuestId, stats: GuestStats) -> GuestState | None:
+    def report_stats(self, backend: str, guest: GuestId, stats: GuestStats) -> GuestState | None:
         state = self.owned(backend, guest)
         if state is not None:
             state.stats = stats
@@ -316,7 +316,7 @@ class EngineCore:
             state.max_bytes = max_bytes
             self._apply_overrides(state, None)
         actual = max(0, min(actual, state.max_bytes))
-        deflated_itself = safety.self_deflated(state, actual, self.guard.tolerance)
+        deflated_itself = self_deflated(state, actual, self.guard.tolerance)
         state.actual_bytes = actual
         if not deflated_itself:
             return None
@@ -517,7 +517,7 @@ class EngineCore:
         vetoed: list[Action] = []
         reserve = (None if snapshot.host.mem_total is None
                    else self.escalation.reserve_for(snapshot.host.mem_total))
-        for verdict in safety.review(self.guard, snapshot, decisions, now,
+        for verdict in review(self.guard, snapshot, decisions, now,
                                      frozenset(self.in_flight)):
             decision = verdict.decision
             state = self.guests.get(decision.guest)
@@ -538,7 +538,7 @@ class EngineCore:
 
     def _record_launch(self, state: GuestState, decision: Decision, target: int,
                        now: float) -> None:
-        previous = safety.current_target(state)
+        previous = current_target(state)
         state.last_action_time = now
         state.last_action = "inflate" if target < previous else "deflate"
         state.last_reason = decision.reason
@@ -667,7 +667,7 @@ class EngineCore:
         """Guests whose balloon stopped converging: back off, and stop pushing."""
         stops = []
         for state in self.guests.values():
-            if now < state.stalled_until or not safety.stalled(self.guard, state, now):
+            if now < state.stalled_until or not stalled(self.guard, state, now):
                 continue
             state.stalled_until = now + self.guard.stall_backoff
             state.target_set_time = None
@@ -685,10 +685,10 @@ class EngineCore:
         (all of it when the host figures are unknown) and by ``max_step`` per
         guest; the guard still reviews every decision.
         """
-        room = {g.id: min(g.max_bytes - safety.current_target(g), self.guard.max_step)
+        room = {g.id: min(g.max_bytes - current_target(g), self.guard.max_step)
                 for g in self.guests.values()
                 if g.managed and g.reachable and g.id not in self.in_flight
-                and safety.current_target(g) < g.max_bytes}
+                and current_target(g) < g.max_bytes}
         room = {gid: r for gid, r in room.items() if r > 0}
         if not room:
             return []
@@ -704,7 +704,7 @@ class EngineCore:
                 break
             budget -= amount
             state = self.guests[gid]
-            decisions.append(Decision(gid, safety.current_target(state) + amount,
+            decisions.append(Decision(gid, current_target(state) + amount,
                                       f"release on exit: give back {amount >> 20} MiB "
                                       "within host headroom", Origin.RELEASE))
         return decisions
@@ -734,7 +734,7 @@ class EngineCore:
             self._short_since = self._idle_since = None
             return None
         taking = any(launch.target < launch.previous for launch in launches)
-        on_way = sum(max(0, g.actual_bytes - safety.current_target(g))
+        on_way = sum(max(0, g.actual_bytes - current_target(g))
                      for g in snapshot.guests.values())
         if self._short_since is None:
             self._short_since = now

@@ -36,7 +36,7 @@ def autoballoon_configure(config: Config) -> None:
     """Called with the validated configuration at start and after each reload.
 
     :param config: The whole configuration, every section an instance of its
-        settings class (``config.guards.floor``, ``config.policy_options``...).
+        settings class (``config.guard.floor``, ``config.policy_options``...).
 
     Historic: a plugin registered later is called with the current
     configuration too. Every implementation is called; return values are

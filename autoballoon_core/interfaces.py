@@ -108,6 +108,13 @@ class PressureSource(Component, abc.ABC):
     enabled_by_default: ClassVar[bool] = False
     """On unless ``[sources.NAME] enabled = false``."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "guest_stats" in vars(cls):
+            # renamed so that each name says its direction (Inventory.report_stats)
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__}: the source hook guest_stats "
+                            "is now receive_stats(guest, stats); rename the method")
+
     async def open(self) -> None:
         """Open kernel files, check permissions; raise SourceUnavailable."""
 
@@ -132,8 +139,9 @@ class PressureSource(Component, abc.ABC):
     def guest_removed(self, guest: GuestId) -> None:
         """A guest went away."""
 
-    def guest_stats(self, guest: GuestState, stats: GuestStats) -> None:
-        """A backend reported fresh balloon statistics for ``guest`` (optional hook).
+    def receive_stats(self, guest: GuestState, stats: GuestStats) -> None:
+        """The engine delivers fresh balloon statistics a backend reported for ``guest``
+        (optional hook; the backend side is :meth:`Inventory.report_stats`).
 
         ``guest`` is a copy of the engine's state before the new stats.
         """
@@ -151,7 +159,9 @@ class Inventory(Protocol):
 
     def guest_balloon(self, guest: GuestId, actual: int, max_bytes: int | None = None) -> None: ...
 
-    def guest_stats(self, guest: GuestId, stats: GuestStats) -> None: ...
+    def report_stats(self, guest: GuestId, stats: GuestStats) -> None:
+        """Fresh balloon statistics read from ``guest``; the engine delivers them to the
+        sources (:meth:`PressureSource.receive_stats`)."""
 
     def guest_reachable(self, guest: GuestId, reachable: bool, why: str = "") -> None: ...
 

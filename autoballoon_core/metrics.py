@@ -49,12 +49,12 @@ from autoballoon_core.plugins import hookimpl
 if TYPE_CHECKING:
     import pluggy
 
+    from autoballoon_core.config import MetricsSettings
     from autoballoon_core.engine import Engine
 
 log = logging.getLogger("autoballoon.metrics")
 
 PLUGIN_NAME = "metrics"
-DEFAULT_ADDRESS = "127.0.0.1"
 MAX_LABEL_VALUES = 32
 """Most distinct values a label fed by plugin-chosen strings may take."""
 MAX_READINGS_PER_SOURCE = 64
@@ -121,7 +121,7 @@ def agent_counts(describe: Mapping[str, object]) -> dict[str, tuple[int, int]]:
     """Per guest (accepted, dropped) from a guest-channel source's ``describe()``.
 
     Expects ``{"guests": {id: {"messages": {kind: n}, "dropped": {reason: n}}}}``
-    (what :mod:`autoballoon_plugins.channel` gives); anything else counts as nothing.
+    (what :mod:`autoballoon_plugins.sources.channel` gives); anything else counts as nothing.
     """
     guests = describe.get("guests")
     if not isinstance(guests, Mapping):
@@ -389,7 +389,7 @@ class Metrics:
 
     # -- the HTTP endpoint -------------------------------------------------------------
 
-    def serve(self, address: str = DEFAULT_ADDRESS, port: int = 9638) -> None:
+    def serve(self, address: str, port: int) -> None:
         """Serve ``/metrics`` on ``address:port`` (port 0: any free port, see :attr:`port`).
 
         Call it from the event loop the engine runs on (or before it starts:
@@ -427,19 +427,18 @@ def _ok(ok: bool) -> Metric:
 
 
 def install(manager: pluggy.PluginManager, engine: Engine,
-            options: Mapping[str, Any]) -> Metrics:
+            settings: MetricsSettings) -> Metrics:
     """Register a :class:`Metrics` plugin with ``manager``; serve it when enabled.
 
-    ``options`` is the validated ``[metrics]`` section (``enabled``, ``address``,
-    ``port``). The hooks count in every case (cheap); only the HTTP endpoint
-    depends on ``enabled``. Raises ``OSError`` when the port cannot be bound.
+    ``settings`` is the validated ``[metrics]`` section. The hooks count in every
+    case (cheap); only the HTTP endpoint depends on ``enabled``. Raises ``OSError``
+    when the port cannot be bound.
     """
     metrics = Metrics(engine)
     manager.register(metrics, name=PLUGIN_NAME)
-    if options.get("enabled", False):
+    if settings.enabled:
         try:
-            metrics.serve(str(options.get("address", DEFAULT_ADDRESS)),
-                          int(options.get("port", 9638)))
+            metrics.serve(settings.address, settings.port)
         except BaseException:
             manager.unregister(metrics)
             raise

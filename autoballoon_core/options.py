@@ -1,6 +1,6 @@
 """The schema of configuration sections: typed settings classes and value parsing.
 
-Every section of the configuration (``[guards]``, ``[policies.NAME]``,
+Every section of the configuration (``[guard]``, ``[policies.NAME]``,
 ``[sources.NAME]``...) has exactly one schema: a frozen dataclass deriving
 from :class:`Section` whose fields are declared with the helpers below
 (:func:`size`, :func:`duration`, :func:`number`...). The field's name is the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, dataclass_transform
 
@@ -209,31 +209,6 @@ class Section:
     """
 
     __slots__ = ()
-
-
-class KeyedSection(Section, Mapping[str, Any]):
-    """A section that can also be read as a mapping, ``section["key"]``.
-
-    Only for the core modules that still read ``[daemon]``, ``[guards]`` and
-    ``[metrics]`` by key (the daemon, the metrics endpoint, the audit log);
-    read attributes in new code.
-    """
-
-    __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
-
-    def __len__(self) -> int:
-        return len(self._keys())
-
-    def _keys(self) -> tuple[str, ...]:
-        return tuple(option.name for option in options_of(type(self)))
 
 
 @dataclass(frozen=True, slots=True)

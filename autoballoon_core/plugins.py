@@ -26,16 +26,16 @@ from autoballoon_core.model import Decision, Snapshot, Trigger
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 
 BUILTIN_PLUGINS: dict[str, str] = {
-    "vmpressure": "autoballoon_plugins.vmpressure",
-    "psi": "autoballoon_plugins.psi",
-    "watermark": "autoballoon_plugins.watermark",
-    "qmp": "autoballoon_plugins.qmp",
-    "libvirt": "autoballoon_plugins.libvirt",
-    "guest_channel": "autoballoon_plugins.channel",
-    "balloon_stats": "autoballoon_plugins.balloon_stats",
-    "seed_policies": "autoballoon_plugins.seed_policies",
-    "reference_policies": "autoballoon_plugins.reference_policies",
-    "autoballoon_policy": "autoballoon_plugins.autoballoon_policy",
+    "vmpressure": "autoballoon_plugins.sources.vmpressure",
+    "psi": "autoballoon_plugins.sources.psi",
+    "watermark": "autoballoon_plugins.sources.watermark",
+    "qmp": "autoballoon_plugins.backends.qmp",
+    "libvirt": "autoballoon_plugins.backends.libvirt",
+    "guest_channel": "autoballoon_plugins.sources.channel",
+    "balloon_stats": "autoballoon_plugins.sources.balloon_stats",
+    "seed_policies": "autoballoon_plugins.policies.seed",
+    "reference_policies": "autoballoon_plugins.policies.reference",
+    "autoballoon_policy": "autoballoon_plugins.policies.autoballoon_policy",
 }
 """The built-in plugins: plugin name -> module, registered in this order."""
 

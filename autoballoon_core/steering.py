@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoballoon_core import safety
+from autoballoon_core.guard import current_target
 from autoballoon_core.model import (
     Decision,
     GuestId,
@@ -148,11 +148,11 @@ class Steering:
         if target < guest.floor:
             raise Refused(f"{_mib(target)} is below the floor of {guest.id} "
                           f"({_mib(guest.floor)}): a guest is never ballooned below its "
-                          "floor ([guards] floor, [guests.\"PATTERN\"] floor)")
+                          "floor ([guard] floor, [guests.\"PATTERN\"] floor)")
         if target > guest.max_bytes:
             raise Refused(f"{_mib(target)} is above the maximum of {guest.id} "
                           f"({_mib(guest.max_bytes)})")
-        if target < safety.current_target(guest) and level > PressureLevel.NONE:
+        if target < current_target(guest) and level > PressureLevel.NONE:
             raise Refused(f"{guest.id} reports memory pressure ({level.name.lower()}): a "
                           "guest is never inflated while it lasts; try again when it is gone")
 
@@ -187,7 +187,7 @@ class Steering:
             state = guests.get(gid)
             if state is None:
                 continue
-            if abs(safety.current_target(state) - manual.target) < max(min_change, 1):
+            if abs(current_target(state) - manual.target) < max(min_change, 1):
                 continue
             decisions.append(Decision(gid, manual.target,
                                       f"manual target {_mib(manual.target)} set by "

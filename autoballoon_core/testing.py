@@ -94,7 +94,7 @@ class FakeBackend(Backend):
 
     def report_stats(self, guest: str, stats: GuestStats) -> None:
         assert self.inventory is not None
-        self.inventory.guest_stats(guest, stats)
+        self.inventory.report_stats(guest, stats)
 
     async def set_target(self, guest: str, target: int) -> None:
         self.calls.append((guest, target))

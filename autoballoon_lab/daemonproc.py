@@ -56,7 +56,7 @@ class DaemonProcess:
 policy = "seed-fixed"
 tick_interval = "{tick}"
 
-[guards]
+[guard]
 floor = "256MiB"
 max_step = "{max_step}"
 cooldown = 0

@@ -48,7 +48,7 @@ coalesce_interval = "1s"
 tick_interval = "2s"
 host_pressure_hold = "3s"
 
-[guards]
+[guard]
 floor = "160MiB"
 cooldown = "0.5s"
 

@@ -40,7 +40,7 @@ policy = "autoballoon"
 tick_interval = "2s"
 host_pressure_hold = "4s"
 
-[guards]
+[guard]
 floor = "160MiB"
 
 [host]

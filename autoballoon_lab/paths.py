@@ -45,8 +45,10 @@ def host_python() -> Path:
 
 
 def python_path_entries() -> list[Path]:
-    """``PYTHONPATH`` entries a guest needs: the repo root, plus a venv's packages."""
-    entries = [repo_root()]
+    """``PYTHONPATH`` entries a guest needs: the repo root and its ``plugins/`` folder
+    (import name ``autoballoon_plugins``: a guest's interpreter does not run the
+    editable install's import hook), plus a venv's packages."""
+    entries = [repo_root(), repo_root() / "plugins"]
     if sys.prefix != sys.base_prefix:
         import sysconfig
 

@@ -33,8 +33,8 @@ from typing import Any
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import PressureSource
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_plugins.psi import PsiSource, read_pressure
-from autoballoon_plugins.watermark import Thresholds, WatermarkSource, parse_amount
+from autoballoon_plugins.sources.psi import PsiSource, read_pressure
+from autoballoon_plugins.sources.watermark import Thresholds, WatermarkSource, parse_amount
 
 from .cgroup import MemoryCgroup
 from .hog import Hog
@@ -265,7 +265,7 @@ medium = "16MiB"
 critical = "32MiB"
 release_after = "0s"
 
-[guards]
+[guard]
 floor = "64MiB"
 
 [host]

@@ -11,17 +11,17 @@ from typing import Any
 
 from autoballoon_core import config as core_config
 from autoballoon_core.engine_core import EngineSettings
+from autoballoon_core.guard import GuardSettings
 from autoballoon_core.options import Section, settings_from
-from autoballoon_core.safety import GuardSettings
 
 
 def default_config(policy: str, policy_settings: Section,
                    engine: Mapping[str, Any] | None = None,
-                   guards: Mapping[str, Any] | None = None) -> core_config.Config:
-    """Every section at its defaults but ``engine`` and ``guards`` (unparsed values)."""
+                   guard: Mapping[str, Any] | None = None) -> core_config.Config:
+    """Every section at its defaults but ``engine`` and ``guard`` (unparsed values)."""
     return core_config.Config(
         files=(), daemon=core_config.DaemonSettings(),
         engine=settings_from(EngineSettings, {**(engine or {}), "policy": policy}),
-        guards=settings_from(GuardSettings, guards or {}),
+        guard=settings_from(GuardSettings, guard or {}),
         host=core_config.HostSettings(), metrics=core_config.MetricsSettings(), block=(),
         sources={}, backends={}, policy=policy, policy_options=policy_settings)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoballoon_core import safety
 from autoballoon_core.engine_core import (
     EngineCore,
     EngineSettings,
     EscalationSettings,
     PlannedRound,
 )
+from autoballoon_core.guard import GuardSettings
 from autoballoon_core.interfaces import Policy
 from autoballoon_core.model import (
     FALL_RATE_READING,
@@ -38,7 +38,7 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_plugins.watermark import FallRate
+from autoballoon_plugins.sources.watermark import FallRate
 from autoballoon_sim.model import HostModel
 
 SOURCE = "sim"
@@ -70,7 +70,7 @@ def guest_id(index: int) -> str:
 
 
 class SimEngine:
-    def __init__(self, policy: Policy, guard: safety.GuardSettings, engine: EngineSettings,
+    def __init__(self, policy: Policy, guard: GuardSettings, engine: EngineSettings,
                  model: HostModel, *, stats_interval: float = 5.0,
                  guest_event_period: float = 2.0,
                  escalation: EscalationSettings | None = None,
@@ -168,7 +168,7 @@ class SimEngine:
         cache = m.cache.astype(np.int64)
         for gid in list(self.core.guests):
             i = self.index[gid]
-            self.core.guest_stats(BACKEND, gid, GuestStats(
+            self.core.report_stats(BACKEND, gid, GuestStats(
                 total=int(m.max[i]), free=int(free[i]), available=int(free[i] + cache[i]),
                 caches=int(cache[i]), time=t))
 

@@ -77,13 +77,13 @@ def policy_specs() -> dict[str, Registered[Policy]]:
 
 
 def make_config(spec: Registered[Policy], options: Mapping[str, Any],
-                engine: Mapping[str, Any], guards: Mapping[str, Any]) -> Config:
+                engine: Mapping[str, Any], guard: Mapping[str, Any]) -> Config:
     """A default config whose policy is ``spec`` with ``options`` (unparsed values)."""
     try:
         settings = settings_from(spec.component.schema, options)
     except OptionError as exc:
         raise ValueError(f"policy {spec.name!r}: {exc}") from None
-    return default_config(spec.name, settings, engine, guards)
+    return default_config(spec.name, settings, engine, guard)
 
 
 def build_policy(spec: Registered[Policy], config: Config) -> Policy:
@@ -102,7 +102,7 @@ def run(spec: RunSpec, specs: Mapping[str, Registered[Policy]] | None = None) ->
     config = make_config(specs[spec.policy], spec.policy_options, spec.engine_options,
                          spec.guard_options)
     policy = build_policy(specs[spec.policy], config)
-    engine = SimEngine(policy, config.guards, config.engine, model)
+    engine = SimEngine(policy, config.guard, config.engine, model)
     steps = round(spec.hours * 3600 / spec.dt)
     next_sample = 0.0
     started = time.perf_counter()

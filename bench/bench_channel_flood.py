@@ -173,7 +173,7 @@ def flooders_main(paths: list[Path]) -> None:
 async def child_main(directory: Path, seconds: float) -> dict[str, Any]:
     """The measured process: the source, a 10 ms timer, and two phases."""
     from autoballoon_core.model import GuestState
-    from autoballoon_plugins.channel.source import ChannelSettings, GuestChannelSource
+    from autoballoon_plugins.sources.channel.source import ChannelSettings, GuestChannelSource
 
     logging.getLogger("autoballoon").setLevel(logging.ERROR)  # one drop warning per guest
     loop = asyncio.get_running_loop()

@@ -97,7 +97,7 @@ def engine_settings(guest: LabGuest, mode: str) -> dict[str, Any]:
         "sources": sources,
         "engine": {"policy": "autoballoon"},
         "policies": {"autoballoon": {"release_max_percent": 0.0}},
-        "guards": {"floor": "128MiB", "cooldown": 0},
+        "guard": {"floor": "128MiB", "cooldown": 0},
     }
 
 

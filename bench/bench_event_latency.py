@@ -57,7 +57,7 @@ coalesce_interval = "1s"
 tick_interval = "0.5s"
 host_pressure_hold = "1s"
 
-[guards]
+[guard]
 floor = "128MiB"
 cooldown = 0
 

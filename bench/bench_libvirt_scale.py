@@ -103,7 +103,7 @@ def make_engine(settings: dict[str, Any] | None = None) -> Engine:
     data: dict[str, Any] = {
         "engine": {"policy": POLICY},
         "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": STATS_PERIOD}},
-        "guards": {"cooldown": 0},
+        "guard": {"cooldown": 0},
     }
     for key, value in (settings or {}).items():
         data.setdefault(key, {}).update(value)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoballoon_core.engine_core import EscalationSettings
 from autoballoon_core.model import PressureLevel
-from autoballoon_plugins.watermark import FallRate, Thresholds, next_level, parse_amount
+from autoballoon_plugins.sources.watermark import FallRate, Thresholds, next_level, parse_amount
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
 from autoballoon_sim.runner import build_policy, make_config, policy_specs
@@ -168,7 +168,7 @@ def _simulate(scenario: Scenario, config: str, p: ModelParams,
         spec = policy_specs()[config]
         cfg = make_config(spec, options, {"tick_interval": 2.0}, {})
         policy = build_policy(spec, cfg)
-        engine = SimEngine(policy, cfg.guards, cfg.engine, model,
+        engine = SimEngine(policy, cfg.guard, cfg.engine, model,
                            stats_interval=2.0, guest_event_period=0.5,
                            escalation=EscalationSettings())
     elif config == "static":

@@ -223,7 +223,7 @@ async def soak(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {
             "engine": {"policy": "seed-levels", "coalesce_interval": 1.0, "tick_interval": 1.0,
                        "host_pressure_hold": 2.0, "actuator_timeout": 5.0},
-            "guards": {"floor": "256MiB", "cooldown": 0.5},
+            "guard": {"floor": "256MiB", "cooldown": 0.5},
             "policies": {"seed-levels": {"release_after": 2.0, "release_step": "128MiB"}},
             "backends": {
                 "qmp": {"enabled": args.qmp > 0, "glob": str(run_dir / "*.qmp"),

@@ -32,8 +32,8 @@ from pathlib import Path
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
 from autoballoon_lab import GuestConfig, LabGuest, MemoryCgroup, VirtioMemConfig, ensure_image
 from autoballoon_lab.paths import host_python
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 from bench.tables import print_rows
 
 TOTAL_MIB = 768
@@ -90,7 +90,7 @@ class Sizes:
     def guest_balloon(self, guest: str, actual: int, max_bytes: int | None = None) -> None:
         self.actual[guest] = actual
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         pass
 
     def guest_reachable(self, guest: str, reachable: bool, why: str = "") -> None:

@@ -86,8 +86,13 @@ def render_reference(tables: dict[str, list[str]], registry: Registry) -> str:
         "(`\"500ms\"`, `\"2s\"`, `\"1min\"`, seconds without one).", "",
     ]
     sections = [*config.SECTIONS.items(), ('guests."PATTERN"', config.GuestOverride)]
+    renamed = {new: old for old, new in config.RENAMED_SECTIONS.items()}
     for section, schema in sections:
-        lines += [f"## [{section}]", "", *table(options_of(schema)), ""]
+        lines += [f"## [{section}]", ""]
+        if section in renamed:
+            lines += [f"Formerly `[{renamed[section]}]`: the old name is still read, with a "
+                      "warning naming the file; a file with both is an error.", ""]
+        lines += [*table(options_of(schema)), ""]
     lines += [
         "## [sources.NAME], [backends.NAME], [policies.NAME]", "",
         "Sources and backends take `enabled = true|false` (default false unless the component "

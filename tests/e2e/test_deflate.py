@@ -105,7 +105,7 @@ def engine_settings(guest: LabGuest) -> dict[str, Any]:
         "engine": {"policy": "autoballoon"},
         # Only the agent may deflate: no give-back when the host is at ease.
         "policies": {"autoballoon": {"release_max_percent": 0.0}},
-        "guards": {"floor": "128MiB"},
+        "guard": {"floor": "128MiB"},
     }
 
 

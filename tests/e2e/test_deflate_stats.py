@@ -66,7 +66,7 @@ async def test_balloon_stats_alone_deflate_a_guest_short_of_memory(lab: Lab) -> 
         "sources": {"balloon-stats": {"enabled": True}},
         "engine": {"policy": "autoballoon"},
         "policies": {"autoballoon": {"release_max_percent": 0.0}},
-        "guards": {"floor": "128MiB", "cooldown": 0},
+        "guard": {"floor": "128MiB", "cooldown": 0},
     }
     engine = Engine(build_config(settings, registry), manager, registry)
     await engine.start()

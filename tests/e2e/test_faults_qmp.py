@@ -51,16 +51,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-def daemon_config(lab: Lab, run_dir: Path, **guards: Any) -> str:
+def daemon_config(lab: Lab, run_dir: Path, **guard: Any) -> str:
     assert lab.cgroup is not None and lab.run_dir is not None
-    extra = "".join(f"{key} = {value}\n" for key, value in guards.items())
+    extra = "".join(f"{key} = {value}\n" for key, value in guard.items())
     return DaemonProcess.core_settings(run_dir) + f"""
 [engine]
 policy = "seed-fixed"
 coalesce_interval = "0.5s"
 actuator_timeout = "1s"
 
-[guards]
+[guard]
 floor = {FLOOR}
 cooldown = 0
 {extra}

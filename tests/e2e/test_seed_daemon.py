@@ -49,7 +49,7 @@ def config_text(lab: Lab, run_dir: Path) -> str:
 policy = "seed-fixed"
 coalesce_interval = "0.5s"
 
-[guards]
+[guard]
 floor = {FLOOR}
 cooldown = 0
 
@@ -163,12 +163,12 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(tmp_path: Path) -> No
         f'glob = "{tmp_path}/*.qmp"\n'
     )
     with DaemonProcess(tmp_path, text) as daemon:
-        daemon.config_path.write_text(text + "[guards]\nfloor = \"lots\"\n")
+        daemon.config_path.write_text(text + "[guard]\nfloor = \"lots\"\n")
         daemon.signal(signal.SIGHUP)
         time.sleep(1.0)
         assert daemon.alive()
         assert daemon.status()["policy"] == "seed-levels"
-        assert "reload rejected" in daemon.log() and "guards.floor" in daemon.log()
+        assert "reload rejected" in daemon.log() and "guard.floor" in daemon.log()
         daemon.config_path.write_text(text.replace("seed-levels", "seed-fixed"))
         daemon.signal(signal.SIGHUP)
         deadline = time.monotonic() + 5

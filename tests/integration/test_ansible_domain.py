@@ -168,7 +168,7 @@ def test_check_real_check(libvirt_daemon: LibvirtDaemon, collections_path: Path,
 def test_opt_out_is_read_by_the_backend_parser(libvirt_daemon: LibvirtDaemon,
                                                collections_path: Path, domain: str) -> None:
     """What the module writes is what the libvirt backend reads."""
-    from autoballoon_plugins.libvirt.domains import parse_metadata
+    from autoballoon_plugins.backends.libvirt.domains import parse_metadata
 
     result = run_module(collections_path, {"name": domain, "managed": False, "floor": "1GiB"})
     assert result.get("changed") is True, result

@@ -29,8 +29,8 @@ PLAY = """- name: Install autoballoon
   roles:
     - role: autoballoon.kvm.host
 """
-PACKAGES = ("autoballoon_core", "autoballoon_plugins", "autoballoon_lab", "autoballoon_guest",
-            "autoballoon_sim")
+# what the wheel is built from (pyproject.toml [tool.setuptools.packages.find])
+PACKAGES = ("autoballoon_core", "plugins", "autoballoon_guest")
 
 
 def _wheel(source: Path, wheels: Path, *options: str) -> None:

@@ -56,7 +56,7 @@ def play(base: Path, work: Path, extra: dict[str, Any], *,
 
 SETTINGS: dict[str, Any] = {
     "autoballoon_policy": "seed-fixed",
-    "autoballoon_guards": {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"},
+    "autoballoon_guard": {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"},
     "autoballoon_daemon": {"log_level": "debug"},
     "autoballoon_sources": {"psi": {"enabled": True}},
     "autoballoon_guests": {"libvirt:db-*": {"managed": False},
@@ -79,7 +79,7 @@ def test_configure_renders_a_valid_file_idempotently(collections_path: Path,
     assert config["engine"]["policy"] == "seed-fixed"
     assert config["daemon"]["log_level"] == "debug"
     assert config["daemon"]["control_socket"] == "/run/autoballoon/control.sock"
-    assert config["guards"] == {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"}
+    assert config["guard"] == {"floor": "384MiB", "max_step": "128MiB", "cooldown": "2s"}
     assert config["backends"]["libvirt"] == {"enabled": True, "uri": "qemu:///system"}
     assert config["guests"]["web \"quoted\""] == {"floor": "1GiB", "weight": 2.5}
     assert config["guests"]["libvirt:db-*"] == {"managed": False}
@@ -120,6 +120,18 @@ def test_rejected_configuration_keeps_the_current_file(collections_path: Path,
     assert proc.returncode != 0
     assert "no-such-policy" in proc.stdout, proc.stdout
     assert config_file.read_text() == good
+
+
+def test_the_old_variable_autoballoon_guards_is_merged_with_a_warning(
+        collections_path: Path, tmp_path: Path) -> None:
+    old = {**SETTINGS, "autoballoon_guards": {"floor": "300MiB", "cooldown": "1s"},
+           "autoballoon_guard": {"cooldown": "3s"}}
+    proc = play(collections_path, tmp_path, old)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DEPRECATED: autoballoon_guards is the old name of autoballoon_guard" in proc.stdout
+    config = tomllib.loads((tmp_path / "etc" / "autoballoon.toml").read_text())
+    assert config["guard"] == {"floor": "300MiB", "cooldown": "3s"}
+    assert "guards" not in config
 
 
 RENDER = """- name: Render the role's configuration template alone

@@ -29,7 +29,7 @@ from autoballoon_guest import agent
 from autoballoon_lab import GuestConfig, Lab, LabGuest, ensure_image
 from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 from autoballoon_lab.prereq import require, require_lab
-from autoballoon_plugins.channel.source import ChannelSettings, GuestChannelSource
+from autoballoon_plugins.sources.channel.source import ChannelSettings, GuestChannelSource
 
 MIB = 1 << 20
 GUEST_MIB = 512

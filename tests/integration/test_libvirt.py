@@ -24,9 +24,9 @@ from libvirtd import TEST_PREFIX, LibvirtDaemon, require
 
 from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
-from autoballoon_plugins.libvirt import LibvirtOptions
-from autoballoon_plugins.libvirt.backend import LibvirtBackend
-from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX
+from autoballoon_plugins.backends.libvirt import LibvirtOptions
+from autoballoon_plugins.backends.libvirt.backend import LibvirtBackend
+from autoballoon_plugins.backends.libvirt.domains import NAMESPACE, PREFIX
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -67,7 +67,7 @@ class Recorder:
         self.actual[guest] = actual
         self._note("balloon", guest, actual)
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats[guest] = stats
         self._note("stats", guest, stats)
 

@@ -16,13 +16,14 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from autoballoon_core.config import MetricsSettings
 from autoballoon_core.metrics import install, uninstall
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.testing import harness
 
 SETTINGS = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
-    "guards": {"floor": "256MiB", "cooldown": 0},
+    "guard": {"floor": "256MiB", "cooldown": 0},
     "sources": {"guest-channel": {"enabled": True}},
 }
 
@@ -43,7 +44,7 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def test_scrape_over_http_while_the_loop_runs() -> None:
     async with harness(SETTINGS, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         metrics = install(h.engine.manager, h.engine,
-                          {"enabled": True, "address": "127.0.0.1", "port": 0})
+                          MetricsSettings(enabled=True, address="127.0.0.1", port=0))
         try:
             assert metrics.server is not None
             assert metrics.server.server_address[0] == "127.0.0.1"
@@ -80,7 +81,7 @@ async def test_a_stuck_loop_gives_a_partial_scrape_not_a_hang(
     monkeypatch.setattr("autoballoon_core.metrics.SCRAPE_TIMEOUT", 0.3)
     async with harness(SETTINGS, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         metrics = install(h.engine.manager, h.engine,
-                          {"enabled": True, "address": "127.0.0.1", "port": 0})
+                          MetricsSettings(enabled=True, address="127.0.0.1", port=0))
         try:
             h.host_event(PressureLevel.MEDIUM)
             await h.settle()
@@ -100,8 +101,7 @@ async def test_a_stuck_loop_gives_a_partial_scrape_not_a_hang(
 
 async def test_disabled_serves_nothing_and_busy_port_fails() -> None:
     async with harness(SETTINGS, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
-        off = install(h.engine.manager, h.engine, {"enabled": False, "address": "127.0.0.1",
-                                                   "port": 9638})
+        off = install(h.engine.manager, h.engine, MetricsSettings(enabled=False))
         assert off.server is None and off.port == 0
         uninstall(h.engine.manager, off)
         with socket.socket() as busy:
@@ -110,6 +110,6 @@ async def test_disabled_serves_nothing_and_busy_port_fails() -> None:
             port = busy.getsockname()[1]
             with pytest.raises(OSError):
                 install(h.engine.manager, h.engine,
-                        {"enabled": True, "address": "127.0.0.1", "port": port})
+                        MetricsSettings(enabled=True, address="127.0.0.1", port=port))
         # a failed install leaves no plugin registered behind
         assert h.engine.manager.get_plugin("metrics") is None

@@ -22,8 +22,8 @@ from autoballoon_core.model import MiB, PressureEvent, PressureLevel
 from autoballoon_lab.cgroup import MemoryCgroup, v2_memory_root
 from autoballoon_lab.hog import Hog
 from autoballoon_lab.prereq import require, require_memory_cgroup, require_root
-from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
-from autoballoon_plugins.psi import SYSTEM_FILE, PsiSource
+from autoballoon_plugins.sources._kernel_caps import CAP_SYS_RESOURCE, has_capability
+from autoballoon_plugins.sources.psi import SYSTEM_FILE, PsiSource
 
 LOW, MEDIUM, CRITICAL = PressureLevel.LOW, PressureLevel.MEDIUM, PressureLevel.CRITICAL
 
@@ -96,7 +96,7 @@ async def test_a_window_the_kernel_refuses_is_adapted_and_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     source = PsiSource("psi", {LOW: "some 150ms 1s"}, system=True, cgroup="", adapt_window=True)
-    caplog.set_level(logging.WARNING, logger="autoballoon_plugins.psi")
+    caplog.set_level(logging.WARNING, logger="autoballoon_plugins.sources.psi")
     await source.open()
     try:
         trigger = source.describe()["triggers"][0]  # type: ignore[index]

@@ -27,8 +27,8 @@ from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, ensure_image
 from autoballoon_lab.prereq import require_lab
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 
 GUEST_MIB = 384
 MAX = GUEST_MIB * MiB
@@ -71,7 +71,7 @@ class RecordingInventory:
         self.balloon.append((guest, actual))
         self._note("balloon", guest, actual)
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats.append((guest, stats))
         self._note("stats", guest, stats)
 
@@ -307,7 +307,7 @@ async def test_real_engine_inflates_a_qmp_guest(qemu: StartGuest, run_dir: Path)
     registry = collect(manager)
     config = build_config({
         "engine": {"policy": "seed-levels", "tick_interval": 60},
-        "guards": {"floor": "128MiB", "cooldown": 0},
+        "guard": {"floor": "128MiB", "cooldown": 0},
         "policies": {"seed-levels": {"release_after": 0}},
         "backends": {"qmp": {"enabled": True, "glob": str(run_dir / "*.qmp"),
                              "stats_period": 1, "rescan_interval": 0.5}},

@@ -24,8 +24,8 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
 from autoballoon_lab.qmpsim import BALLOON_PATH, JSONStreamSplitter, QMPSimulator
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 
 GUEST_MIB = 384
 TARGET_MIB = 256
@@ -261,7 +261,7 @@ class Inventory:
         self.balloon.append((guest, actual))
         self.changed.set()
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats.append((guest, stats))
         self.changed.set()
 

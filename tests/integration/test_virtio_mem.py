@@ -22,7 +22,7 @@ from autoballoon_core.model import MiB, Outcome, PressureEvent, PressureLevel
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, VirtioMemConfig
-from autoballoon_plugins.qmp.backend import QMPBackend
+from autoballoon_plugins.backends.qmp.backend import QMPBackend
 
 BASE = 256 * MiB
 REGION = 512 * MiB
@@ -146,7 +146,7 @@ async def test_the_engine_unplugs_through_the_guard_down_to_base_memory(
     registry = collect(manager)
     config = build_config({
         "engine": {"policy": "seed-levels", "tick_interval": 60, "coalesce_interval": 0},
-        "guards": {"floor": "128MiB", "cooldown": 0},
+        "guard": {"floor": "128MiB", "cooldown": 0},
         "policies": {"seed-levels": {"release_after": 0}},
         "backends": {"qmp": {"enabled": True, "glob": str(run_dir / "*.qmp"),
                              "stats_period": 0, "rescan_interval": 0.5}},

@@ -26,7 +26,7 @@ from autoballoon_lab.cgroup import MemoryCgroup, v1_memory_root
 from autoballoon_lab.hog import Hog
 from autoballoon_lab.prereq import require, require_root
 from autoballoon_lab.spawn import spawn
-from autoballoon_plugins.vmpressure import VmpressureSource
+from autoballoon_plugins.sources.vmpressure import VmpressureSource
 
 LEVELS = ["low", "medium", "critical"]
 

@@ -17,7 +17,7 @@ from autoballoon_core.model import MiB, PressureEvent, PressureLevel
 from autoballoon_lab.cgroup import MemoryCgroup
 from autoballoon_lab.hog import Hog
 from autoballoon_lab.prereq import require_memory_cgroup
-from autoballoon_plugins.watermark import Thresholds, WatermarkSource, parse_amount
+from autoballoon_plugins.sources.watermark import Thresholds, WatermarkSource, parse_amount
 
 NONE, LOW, MEDIUM, CRITICAL = (PressureLevel.NONE, PressureLevel.LOW, PressureLevel.MEDIUM,
                                PressureLevel.CRITICAL)

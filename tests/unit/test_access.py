@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from autoballoon_core.access import COMMAND_CLASSES, AccessTable, Peer, peer_of
+from autoballoon_core.config import DaemonSettings
 
 DAEMON_UID = 0
 SOCKET_GID, READ_GID, ADMIN_GID = 5001, 5002, 5003
@@ -74,7 +75,7 @@ def test_the_socket_files_group_and_mode(table: AccessTable, mode: tuple[int | N
 def test_an_unknown_group_is_named_with_its_key() -> None:
     with pytest.raises(ValueError, match=r"\[daemon\] control_read_group: no group named "
                        "'no-such-group-here'"):
-        AccessTable.from_options({"control_read_group": "no-such-group-here"})
+        AccessTable.from_settings(DaemonSettings(control_read_group="no-such-group-here"))
 
 
 def test_the_peer_is_read_from_the_kernel() -> None:

@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from autoballoon_guest import agent
-from autoballoon_plugins.channel.protocol import Drop, Heartbeat, Hello, Pressure, parse_line
+from autoballoon_plugins.sources.channel.protocol import (
+    Drop,
+    Heartbeat,
+    Hello,
+    Pressure,
+    parse_line,
+)
 
 AGENT_FILE = Path(agent.__file__)
 PY39_ENV = "AUTOBALLOON_TEST_PYTHON39"

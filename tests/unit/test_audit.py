@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoballoon_core.audit import AuditLog
+from autoballoon_core.config import DaemonSettings
 from autoballoon_core.model import PressureEvent, PressureLevel
 
 
@@ -57,7 +58,8 @@ def test_reopen_on_sighup_follows_the_path(tmp_path: Path) -> None:
 def test_a_chatty_source_is_capped_and_the_excess_counted(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     now = [0.0]
-    audit = AuditLog(str(path), {"audit_rate": 10.0, "audit_burst": 5}, clock=lambda: now[0])
+    audit = AuditLog(str(path), DaemonSettings(audit_rate=10.0, audit_burst=5),
+                     clock=lambda: now[0])
     for n in range(1000):  # 1000 events in the same instant
         audit.autoballoon_event(event(n))
     now[0] = 1.0  # ten tokens later
@@ -72,7 +74,7 @@ def test_a_chatty_source_is_capped_and_the_excess_counted(tmp_path: Path) -> Non
 
 def test_suppressed_counts_are_written_on_close(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(str(path), {"audit_rate": 1.0, "audit_burst": 1}, clock=lambda: 0.0)
+    audit = AuditLog(str(path), DaemonSettings(audit_rate=1.0, audit_burst=1), clock=lambda: 0.0)
     for n in range(3):
         audit.autoballoon_event(event(n))
     audit.close()

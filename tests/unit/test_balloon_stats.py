@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autoballoon_core.model import GuestStats, MiB, Outcome, PressureLevel
 from autoballoon_core.testing import harness
-from autoballoon_plugins.balloon_stats import Thresholds, judge
+from autoballoon_plugins.sources.balloon_stats import Thresholds, judge
 
 T = Thresholds(low=0.15, medium=0.08, critical=0.04, target=0.20, fault_rate=500, min_want=64 * MiB)
 

@@ -10,14 +10,14 @@ from autoballoon_core import bootstrap
 from autoballoon_core.config import ConfigError
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.options import OptionError, parse_duration, parse_size
-from autoballoon_plugins.seed_policies import LevelsSettings
+from autoballoon_plugins.policies.seed import LevelsSettings
 
 GOOD = """
 [engine]
 policy = "seed-levels"
 coalesce_interval = "500ms"
 
-[guards]
+[guard]
 floor = "300MiB"
 
 [backends.qmp]
@@ -42,7 +42,7 @@ def test_a_good_config_is_parsed_into_bytes_and_seconds(tmp_path: Path) -> None:
     config = bootstrap.load(write(tmp_path, GOOD)).config
     assert config.policy == "seed-levels"
     assert config.engine.coalesce_interval == 0.5
-    assert config.guards.floor == 300 * MiB
+    assert config.guard.floor == 300 * MiB
     assert config.policy_options == LevelsSettings(medium=32 * MiB, critical=128 * MiB)
     assert "qmp" in config.backends
     override = config.guest_override("qmp:web-1", "web-1")
@@ -54,9 +54,9 @@ def test_a_good_config_is_parsed_into_bytes_and_seconds(tmp_path: Path) -> None:
     [
         ("[engine]\ncoalesce_interval = \"fast\"\n", "engine.coalesce_interval", "duration"),
         ("[engine]\npolicy = \"nope\"\n", "engine.policy", "seed-fixed"),
-        ("[guards]\nfloor = -1\n", "guards.floor", "negative"),
-        ("[guards]\nfloor_percent = 2.0\n", "guards.floor_percent", "at most"),
-        ("[guards]\nflor = 1\n", "guards.flor", "known keys"),
+        ("[guard]\nfloor = -1\n", "guard.floor", "negative"),
+        ("[guard]\nfloor_percent = 2.0\n", "guard.floor_percent", "at most"),
+        ("[guard]\nflor = 1\n", "guard.flor", "known keys"),
         ("[daemon]\nlog_level = \"loud\"\n", "daemon.log_level", "'debug'"),
         ("[sources.nosuch]\nenabled = true\n", "sources.nosuch", "available"),
         ("[policies.seed-levels]\nlow = \"1 parsec\"\n", "policies.seed-levels.low", "size"),
@@ -104,16 +104,39 @@ def test_dropins_override_single_keys_in_name_order(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     dropins = tmp_path / "autoballoon.d"
     dropins.mkdir()
-    write(dropins, "[guards]\nfloor = \"400MiB\"\n", "10-a.toml")
-    write(dropins, "[guards]\nfloor = \"500MiB\"\n", "20-b.toml")
+    write(dropins, "[guard]\nfloor = \"400MiB\"\n", "10-a.toml")
+    write(dropins, "[guard]\nfloor = \"500MiB\"\n", "20-b.toml")
     config = bootstrap.load(path).config
-    assert config.guards["floor"] == 500 * MiB
-    assert config.guards["max_step"] == 512 * MiB
+    assert config.guard.floor == 500 * MiB
+    assert config.guard.max_step == 512 * MiB
+
+
+def test_the_old_section_name_guards_is_read_with_a_warning_naming_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, GOOD.replace("[guard]\nfloor = \"300MiB\"\n", ""))
+    dropins = tmp_path / "autoballoon.d"
+    dropins.mkdir()
+    old = write(dropins, "[guards]\nfloor = \"400MiB\"\n", "10-old.toml")
+    write(dropins, "[guard]\nmax_step = \"64MiB\"\n", "20-new.toml")
+    with caplog.at_level("WARNING", logger="autoballoon_core.config"):
+        config = bootstrap.load(path).config
+    assert config.guard.floor == 400 * MiB
+    assert config.guard.max_step == 64 * MiB
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{old}: [guards] is deprecated, write [guard] (same keys); the old name is still "
+        "read for now"]
+
+
+def test_old_and_new_guard_section_in_one_file_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "\n[guards]\nfloor = \"1GiB\"\n")
+    with pytest.raises(ConfigError, match=r"autoballoon.toml: guards: \[guards\] is the "
+                       r"deprecated name of \[guard\]; this file has both"):
+        bootstrap.load(path)
 
 
 def test_command_line_overrides_win(tmp_path: Path) -> None:
     config = bootstrap.load(write(tmp_path, GOOD), overrides={"daemon": {"dry_run": True}}).config
-    assert config.daemon["dry_run"] is True
+    assert config.daemon.dry_run is True
 
 
 def test_blocked_plugins_are_not_loaded(tmp_path: Path) -> None:
@@ -156,4 +179,4 @@ def test_existing_groups_are_accepted(tmp_path: Path) -> None:
     name = grp.getgrgid(os.getegid()).gr_name
     text = GOOD + f'\n[daemon]\ncontrol_read_group = "{name}"\ncontrol_admin_group = "{name}"\n'
     config = bootstrap.load(write(tmp_path, text)).config
-    assert config.daemon["control_read_group"] == name
+    assert config.daemon.control_read_group == name

@@ -7,7 +7,7 @@ import asyncio
 from autoballoon_core.model import GuestInfo, MiB, Outcome, PressureLevel, Veto
 from autoballoon_core.testing import harness
 
-SEED = {"engine": {"policy": "seed-fixed", "coalesce_interval": 0.2}, "guards": {"cooldown": 0}}
+SEED = {"engine": {"policy": "seed-fixed", "coalesce_interval": 0.2}, "guard": {"cooldown": 0}}
 GUESTS = {"a": (1024 * MiB, 1024 * MiB), "b": (1024 * MiB, 1024 * MiB)}
 
 
@@ -32,7 +32,7 @@ async def test_a_burst_in_one_iteration_counts_once_at_its_highest_level() -> No
 
 async def test_events_within_the_interval_are_coalesced_unless_they_escalate() -> None:
     settings = {"engine": {"policy": "seed-levels", "coalesce_interval": 0.3},
-                "guards": {"cooldown": 0}}
+                "guard": {"cooldown": 0}}
     async with harness(settings, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         h.host_event(PressureLevel.MEDIUM)
         await h.settle()
@@ -52,7 +52,7 @@ async def test_events_within_the_interval_are_coalesced_unless_they_escalate() -
 
 
 async def test_never_below_the_floor() -> None:
-    settings = {**SEED, "guards": {"cooldown": 0, "floor": "1000MiB"}}
+    settings = {**SEED, "guard": {"cooldown": 0, "floor": "1000MiB"}}
     async with harness(settings, guests=GUESTS) as h:
         for _ in range(3):
             h.host_event(PressureLevel.MEDIUM)
@@ -62,7 +62,7 @@ async def test_never_below_the_floor() -> None:
 
 
 async def test_a_backend_minimum_raises_the_floor() -> None:
-    settings = {**SEED, "guards": {"cooldown": 0, "floor": "900MiB"}}
+    settings = {**SEED, "guard": {"cooldown": 0, "floor": "900MiB"}}
     async with harness(settings, guests=GUESTS) as h:
         assert h.backend.inventory is not None
         h.backend.inventory.guest_appeared(GuestInfo(
@@ -153,7 +153,7 @@ async def test_dry_run_decides_but_never_actuates() -> None:
 async def test_memory_is_given_back_after_calm() -> None:
     settings = {"engine": {"policy": "seed-fixed", "tick_interval": 0.1,
                            "host_pressure_hold": 0.1},
-                "guards": {"cooldown": 0},
+                "guard": {"cooldown": 0},
                 "policies": {"seed-fixed": {"release_after": 0.2, "release_step": "8MiB"}}}
     async with harness(settings, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         h.host_event(PressureLevel.MEDIUM)
@@ -165,7 +165,7 @@ async def test_memory_is_given_back_after_calm() -> None:
 
 
 async def test_a_stalled_balloon_is_backed_off() -> None:
-    settings = {**SEED, "guards": {"cooldown": 0, "stall_timeout": 0.5, "stall_backoff": 60}}
+    settings = {**SEED, "guard": {"cooldown": 0, "stall_timeout": 0.5, "stall_backoff": 60}}
     async with harness(settings, guests=GUESTS) as h:
         h.backend.frozen.add("fake:a")
         h.host_event(PressureLevel.MEDIUM)
@@ -205,7 +205,7 @@ async def test_each_source_holds_its_own_host_level() -> None:
 
 
 async def test_release_on_exit_gives_every_guest_its_maximum_back() -> None:
-    settings = {**SEED, "guards": {"cooldown": 0, "release_on_exit": True}}
+    settings = {**SEED, "guard": {"cooldown": 0, "release_on_exit": True}}
     async with harness(settings, guests=GUESTS) as h:
         h.host_event(PressureLevel.MEDIUM)
         await h.settle()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from autoballoon_core.guard import GuardSettings, current_target, review
 from autoballoon_core.hostmem import HostMemory
 from autoballoon_core.interfaces import PluginContext, Policy, Register
 from autoballoon_core.model import (
@@ -24,7 +25,6 @@ from autoballoon_core.model import (
     Veto,
 )
 from autoballoon_core.plugins import hookimpl
-from autoballoon_core.safety import GuardSettings, current_target, review
 from autoballoon_core.testing import build_config, harness
 
 
@@ -72,7 +72,7 @@ async def test_repeated_reports_at_the_same_level_start_no_rounds() -> None:
 
 async def test_repeats_do_not_bypass_the_cooldown() -> None:
     # the loop takes about 1 s of wall clock; on a loaded machine it took over 5 s
-    settings = {"engine": {"policy": "grant"}, "guards": {"cooldown": "120s"}}
+    settings = {"engine": {"policy": "grant"}, "guard": {"cooldown": "120s"}}
     async with harness(settings, guests={"a": (8 * GiB, GiB)}, plugins=PLUGINS) as h:
         for _ in range(20):
             h.guest_event("fake:a", PressureLevel.LOW, 64 * MiB)
@@ -83,7 +83,7 @@ async def test_repeats_do_not_bypass_the_cooldown() -> None:
 
 async def test_the_stall_handler_leaves_a_guest_a_reload_made_unmanaged_alone() -> None:
     settings = {"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
-                "guards": {"cooldown": 0, "stall_timeout": 0.5}}
+                "guard": {"cooldown": 0, "stall_timeout": 0.5}}
     async with harness(settings, guests={"a": (GiB, GiB)}) as h:
         h.backend.frozen.add("fake:a")
         h.host_event(PressureLevel.MEDIUM)
@@ -100,7 +100,7 @@ async def test_the_stall_handler_leaves_a_guest_a_reload_made_unmanaged_alone() 
 
 
 async def test_release_on_exit_goes_in_steps_within_host_headroom() -> None:
-    settings = {"engine": {"policy": "seed-fixed"}, "guards": {"cooldown": 0}}
+    settings = {"engine": {"policy": "seed-fixed"}, "guard": {"cooldown": 0}}
     guests = {"a": (8 * GiB, 512 * MiB), "b": (8 * GiB, 512 * MiB)}
     async with harness(settings, guests=guests) as h:
         available = [GiB]
@@ -139,7 +139,7 @@ async def test_a_reload_whose_policy_cannot_be_built_changes_nothing() -> None:
     async with harness({"engine": {"policy": "seed-fixed"}}, guests={"a": (GiB, GiB)},
                        plugins=PLUGINS) as h:
         broken = build_config({"engine": {"policy": "broken"}, "daemon": {"dry_run": True},
-                               "guards": {"floor": "900MiB"}}, h.engine.registry)
+                               "guard": {"floor": "900MiB"}}, h.engine.registry)
         with pytest.raises(RuntimeError):
             h.engine.apply_config(broken)
         assert h.engine.config.policy == "seed-fixed"

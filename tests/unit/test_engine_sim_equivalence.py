@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoballoon_core.engine_core import EngineSettings
+from autoballoon_core.guard import GuardSettings, current_target
 from autoballoon_core.interfaces import Policy, Register
 from autoballoon_core.model import (
     Decision,
@@ -26,7 +27,6 @@ from autoballoon_core.model import (
     TriggerKind,
 )
 from autoballoon_core.plugins import hookimpl
-from autoballoon_core.safety import GuardSettings, current_target
 from autoballoon_core.testing import harness
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
@@ -147,7 +147,7 @@ async def run_daemon_engine() -> list[Round]:
     now = [0.0]
     rounds = _Rounds()
     guests = {f"g{i:04d}": (GiB, GiB) for i in range(GUESTS)}
-    config = {"engine": {**engine_options, "policy": "scripted"}, "guards": guard_options}
+    config = {"engine": {**engine_options, "policy": "scripted"}, "guard": guard_options}
     async with harness(config, guests=guests, clock=lambda: now[0],
                        plugins=[(_Policies(), "policies"), (rounds, "rounds")]) as h:
         for t in times():

@@ -366,8 +366,8 @@ def test_large_config_memory_is_bounded(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", ["1" * 400, "1" * 300 + "TiB", "9" * 20 + ".5GiB"])
 def test_a_huge_size_number_is_a_config_error(size: str) -> None:
     """Once an OverflowError out of parse_size (int(float(...)) of a 400-digit size)."""
-    with pytest.raises(ConfigError, match=r"guards\.floor"):
-        build_config({"backends": {"qmp": {"enabled": True}}, "guards": {"floor": size}},
+    with pytest.raises(ConfigError, match=r"guard\.floor"):
+        build_config({"backends": {"qmp": {"enabled": True}}, "guard": {"floor": size}},
                      REGISTRY)
 
 

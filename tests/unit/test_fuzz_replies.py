@@ -5,10 +5,10 @@ or by whoever may edit a domain (its XML metadata), so the parsers must never
 raise anything but their own documented error, and what they accept must obey
 their limits:
 
-- QMP (autoballoon_plugins.qmp.replies): ``parse_actual`` and
+- QMP (autoballoon_plugins.backends.qmp.replies): ``parse_actual`` and
   ``parse_memory_size`` raise only BadReply; ``parse_guest_stats`` never raises;
   ``LogOnce`` stays bounded.
-- libvirt (autoballoon_plugins.libvirt): ``read_memory_stats`` never raises;
+- libvirt (autoballoon_plugins.backends.libvirt): ``read_memory_stats`` never raises;
   ``parse_domain_xml`` raises only DomainXMLError; ``parse_metadata`` never raises.
 
 Volume (deterministic): hypothesis examples (``derandomize=True``, no database)
@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoballoon_core.model import GuestStats, MiB
-from autoballoon_plugins.qmp.replies import (
+from autoballoon_plugins.backends.qmp.replies import (
     COUNTER_FIELDS,
     COUNTER_LIMIT,
     MEMORY_FIELDS,
@@ -47,8 +47,8 @@ from autoballoon_plugins.qmp.replies import (
     parse_memory_size,
 )
 
-libvirt_stats = pytest.importorskip("autoballoon_plugins.libvirt.stats")
-libvirt_domains = pytest.importorskip("autoballoon_plugins.libvirt.domains")
+libvirt_stats = pytest.importorskip("autoballoon_plugins.backends.libvirt.stats")
+libvirt_domains = pytest.importorskip("autoballoon_plugins.backends.libvirt.domains")
 read_memory_stats = libvirt_stats.read_memory_stats
 parse_domain_xml = libvirt_domains.parse_domain_xml
 parse_metadata = libvirt_domains.parse_metadata

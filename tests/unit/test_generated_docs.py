@@ -43,7 +43,7 @@ def test_every_builtin_component_has_a_table_on_its_page(gen: object) -> None:
 
 def test_a_changed_help_text_is_caught(gen: object, monkeypatch: pytest.MonkeyPatch) -> None:
     from autoballoon_core import options
-    from autoballoon_plugins.policies_mom import MomSettings
+    from autoballoon_plugins.policies.mom import MomSettings
 
     changed = tuple(o if o.name != "interval" else
                     options.Option(o.name, o.kind, o.default, "Something else.")

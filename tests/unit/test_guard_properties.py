@@ -1,6 +1,6 @@
 """Property tests: the core safety guard's invariants, and every policy's manners.
 
-The guard (autoballoon_core.safety.review) must hold its invariants for ANY
+The guard (autoballoon_core.review) must hold its invariants for ANY
 snapshot and ANY decisions; every registered policy (seed-fixed, seed-levels,
 mom, proxmox, autoballoon, ...) must only name known guests, never mutate the
 snapshot, give a reason, and not flip-flop on a constant snapshot.
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy_support import ALL_POLICIES, make_policy
 
-from autoballoon_core import safety
+from autoballoon_core.guard import GuardSettings, current_target, fair_shares, review
 from autoballoon_core.model import (
     Decision,
     GiB,
@@ -31,7 +31,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.safety import GuardSettings, current_target, fair_shares
 
 EXPECTED_POLICIES = {"seed-fixed", "seed-levels", "mom", "proxmox", "autoballoon"}
 levels = st.sampled_from(list(PressureLevel))
@@ -100,7 +99,7 @@ def test_guard_invariants_hold_for_any_decisions(data: st.DataObject,
     decisions = data.draw(decisions_for(snapshot))
     in_flight = frozenset(data.draw(st.lists(st.sampled_from([*snapshot.guests, "x"]),
                                              max_size=2)))
-    verdicts = safety.review(guard, snapshot, decisions, NOW, in_flight)
+    verdicts = review(guard, snapshot, decisions, NOW, in_flight)
     assert [v.decision for v in verdicts] == decisions
     approved_guests: list[str] = []
     for verdict in verdicts:
@@ -229,7 +228,7 @@ def test_autoballoon_settles_in_its_band_in_closed_loop(
         snapshot = Snapshot(now, HostState(mem_total=total,
                                            mem_available=max(0, total - resident)), states)
         decisions = policy.decide(snapshot, Trigger(TriggerKind.TICK, PressureLevel.NONE, now))
-        for verdict in safety.review(guard, snapshot, decisions, now):
+        for verdict in review(guard, snapshot, decisions, now):
             if verdict.approved:
                 state = states[verdict.decision.guest]
                 history[state.id].append((verdict.target > verdict.previous)

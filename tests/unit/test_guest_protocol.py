@@ -9,7 +9,7 @@ import pytest
 
 from autoballoon_core.model import PressureLevel
 from autoballoon_guest import agent
-from autoballoon_plugins.channel.protocol import (
+from autoballoon_plugins.sources.channel.protocol import (
     DEFAULT_MAX_LINE,
     MAX_BYTES,
     TOO_LONG,
@@ -21,7 +21,7 @@ from autoballoon_plugins.channel.protocol import (
     Pressure,
     parse_line,
 )
-from autoballoon_plugins.channel.ratelimit import TokenBucket
+from autoballoon_plugins.sources.channel.ratelimit import TokenBucket
 
 
 def line(**fields: Any) -> bytes:
@@ -223,7 +223,7 @@ def test_every_message_the_agent_sends_is_accepted_by_the_host_parser() -> None:
 
 
 def test_the_agent_and_the_host_use_the_same_limits() -> None:
-    from autoballoon_plugins.channel import protocol
+    from autoballoon_plugins.sources.channel import protocol
 
     assert agent.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
     assert agent.MAX_LINE == protocol.DEFAULT_MAX_LINE

@@ -24,8 +24,8 @@ from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.model import GuestState, MiB, PressureEvent, PressureLevel
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config, harness
-from autoballoon_plugins import channel
-from autoballoon_plugins.channel.source import (
+from autoballoon_plugins.sources import channel
+from autoballoon_plugins.sources.channel.source import (
     ChannelSettings,
     GuestChannelSource,
     GuestLink,

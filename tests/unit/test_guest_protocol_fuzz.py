@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_plugins.channel.protocol import (
+from autoballoon_plugins.sources.channel.protocol import (
     MAX_BYTES,
     MAX_SEQ,
     TOO_LONG,
@@ -28,7 +28,7 @@ from autoballoon_plugins.channel.protocol import (
     Pressure,
     parse_line,
 )
-from autoballoon_plugins.channel.source import ChannelSettings, GuestLink
+from autoballoon_plugins.sources.channel.source import ChannelSettings, GuestLink
 
 FUZZ = settings(max_examples=20_000, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))

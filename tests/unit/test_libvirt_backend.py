@@ -21,9 +21,9 @@ from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB, Outcome
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
-from autoballoon_plugins.libvirt import LibvirtOptions
-from autoballoon_plugins.libvirt.backend import LibvirtBackend
-from autoballoon_plugins.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
+from autoballoon_plugins.backends.libvirt import LibvirtOptions
+from autoballoon_plugins.backends.libvirt.backend import LibvirtBackend
+from autoballoon_plugins.backends.libvirt.domains import NAMESPACE, PREFIX, metadata_xml
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -55,7 +55,7 @@ class Recorder:
         self.calls.append(("balloon", guest))
         self.actual[guest] = actual
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.calls.append(("stats", guest))
         self.stats[guest] = stats
 
@@ -215,7 +215,7 @@ async def test_who_is_managed_follows_the_engine_not_the_config_seen_at_start(
         return build_config({
             "engine": {"policy": "seed-fixed", "tick_interval": "1h"},
             "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": 0}},
-            "guards": {"cooldown": 0, "floor": "256MiB"},
+            "guard": {"cooldown": 0, "floor": "256MiB"},
             "guests": {guest: {"managed": False} for guest in guests},
         }, registry)
 

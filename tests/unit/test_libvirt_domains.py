@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from autoballoon_core.model import MiB
-from autoballoon_plugins.libvirt.domains import (
+from autoballoon_plugins.backends.libvirt.domains import (
     AGENT_CHANNEL,
     NAMESPACE,
     DomainXMLError,

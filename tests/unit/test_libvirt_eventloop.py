@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from autoballoon_plugins.libvirt import eventloop
-from autoballoon_plugins.libvirt.eventloop import ThreadSafeAsyncIOImpl
+from autoballoon_plugins.backends.libvirt import eventloop
+from autoballoon_plugins.backends.libvirt.eventloop import ThreadSafeAsyncIOImpl
 
 libvirt = pytest.importorskip("libvirt")
 libvirtaio = pytest.importorskip("libvirtaio")

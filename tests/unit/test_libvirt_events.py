@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from autoballoon_plugins.libvirt import events
-from autoballoon_plugins.libvirt.connection import Backoff
-from autoballoon_plugins.libvirt.events import Change, classify
+from autoballoon_plugins.backends.libvirt import events
+from autoballoon_plugins.backends.libvirt.connection import Backoff
+from autoballoon_plugins.backends.libvirt.events import Change, classify
 
 libvirt = pytest.importorskip("libvirt")
 

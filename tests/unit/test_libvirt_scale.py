@@ -87,7 +87,7 @@ def make_engine() -> Engine:
         # guard veto the whole round under test (Veto.IN_FLIGHT)
         "engine": {"policy": POLICY, "actuator_timeout": "60s", "tick_interval": "1h"},
         "backends": {"libvirt": {"enabled": True, "uri": URI, "stats_period": 2}},
-        "guards": {"cooldown": 0},
+        "guard": {"cooldown": 0},
     }, registry)
     return Engine(config, manager, registry)
 

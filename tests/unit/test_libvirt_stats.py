@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autoballoon_core.model import MiB
-from autoballoon_plugins.libvirt.stats import read_memory_stats
+from autoballoon_plugins.backends.libvirt.stats import read_memory_stats
 
 # What `virsh dommemstat` gave for a 384 MiB lab guest.
 RAW = {

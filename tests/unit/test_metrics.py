@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoballoon_core.config import MetricsSettings
 from autoballoon_core.metrics import (
     MAX_LABEL_VALUES,
     REASON_KINDS,
@@ -17,11 +18,11 @@ from autoballoon_core.metrics import (
 )
 from autoballoon_core.model import Action, MiB, Outcome, PressureEvent, PressureLevel, Veto
 from autoballoon_core.testing import SCRIPTED_SOURCE, Harness, harness
-from autoballoon_plugins.channel import ChannelSettings, GuestLink
+from autoballoon_plugins.sources.channel import ChannelSettings, GuestLink
 
 SETTINGS: dict[str, Any] = {
     "engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
-    "guards": {"floor": "256MiB", "cooldown": 0},
+    "guard": {"floor": "256MiB", "cooldown": 0},
 }
 
 
@@ -43,7 +44,7 @@ def names(metrics: Metrics) -> set[str]:
 
 
 def with_metrics(h: Harness) -> Metrics:
-    return install(h.engine.manager, h.engine, {"enabled": False})
+    return install(h.engine.manager, h.engine, MetricsSettings(enabled=False))
 
 
 async def test_guest_gauges_follow_the_inventory() -> None:
@@ -119,7 +120,7 @@ async def test_failures_and_timeouts_come_from_engine_counters() -> None:
 
 
 async def test_vetoes_are_bucketed() -> None:
-    settings = {**SETTINGS, "guards": {"floor": "256MiB", "cooldown": "1h"}}
+    settings = {**SETTINGS, "guard": {"floor": "256MiB", "cooldown": "1h"}}
     async with harness(settings, guests={"a": (1024 * MiB, 1024 * MiB)}) as h:
         m = with_metrics(h)
         h.host_event(PressureLevel.MEDIUM)

@@ -29,7 +29,7 @@ async def write_log(path: Path, guests: int = 2) -> None:
     try:
         async with harness(
             {"engine": {"policy": "seed-levels", "coalesce_interval": 0.0},
-             "guards": {"floor": "256MiB", "cooldown": 0}},
+             "guard": {"floor": "256MiB", "cooldown": 0}},
             guests={f"g{i}": (1024 * MiB, 1024 * MiB) for i in range(guests)},
             plugins=[(audit, "audit-log")],
         ) as h:

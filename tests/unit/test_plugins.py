@@ -23,6 +23,7 @@ from autoballoon_core import (
     hookimpl,
 )
 from autoballoon_core.config import Config
+from autoballoon_core.interfaces import EmitFn
 from autoballoon_core.model import Decision, MiB, PressureEvent, PressureLevel, RoundRecord
 from autoballoon_core.plugins import BUILTIN_PLUGINS, PluginError, collect, create_plugin_manager
 from autoballoon_core.testing import harness
@@ -248,3 +249,18 @@ def test_sources_and_backends_register_and_validate_their_options() -> None:
     with pytest.raises(ConfigError, match=r"sources\.extra-source\.period"):
         build_config({"sources": {"extra-source": {"period": "soon"}},
                       "backends": {"extra-backend": {"enabled": True}}}, registry)
+
+
+def test_a_source_with_the_old_hook_name_guest_stats_is_refused() -> None:
+    """The source hook is receive_stats (the backend's side is Inventory.report_stats);
+    a source still defining guest_stats would silently get nothing, so it is refused."""
+    with pytest.raises(TypeError, match=r"\.Old: the source hook guest_stats is now "
+                       r"receive_stats\(guest, stats\); rename the method"):
+        class Old(PressureSource):
+            name = "old"
+
+            async def run(self, emit: EmitFn) -> None:
+                return None
+
+            def guest_stats(self, guest: object, stats: object) -> None:
+                return None

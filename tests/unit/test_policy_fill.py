@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoballoon_plugins._policy_fill import water_fill
+from autoballoon_plugins.policies._policy_fill import water_fill
 
 caps = st.dictionaries(st.text("abcdef", min_size=1, max_size=3),
                        st.floats(0, 1e12, allow_nan=False), max_size=12)

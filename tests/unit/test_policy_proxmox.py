@@ -8,7 +8,7 @@ import pytest
 from test_policy_support import guest, make_policy, snapshot
 
 from autoballoon_core.model import GiB, MiB, PressureLevel, Trigger, TriggerKind
-from autoballoon_plugins.policies_proxmox import VmStatus, compute
+from autoballoon_plugins.policies.proxmox import VmStatus, compute
 
 
 def MB(n: float) -> int:

@@ -13,9 +13,9 @@ from autoballoon_core.config import ConfigError
 from autoballoon_core.options import options_of
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 from autoballoon_core.testing import build_config
-from autoballoon_plugins.qmp import QMPOptions
-from autoballoon_plugins.qmp.backend import QMPBackend
-from autoballoon_plugins.qmp.discovery import (
+from autoballoon_plugins.backends.qmp import QMPOptions
+from autoballoon_plugins.backends.qmp.backend import QMPBackend
+from autoballoon_plugins.backends.qmp.discovery import (
     SocketScanner,
     backoff_delay,
     channel_path,

@@ -21,8 +21,8 @@ import pytest
 
 from autoballoon_core.interfaces import ActuatorError
 from autoballoon_core.model import GuestInfo, GuestStats, MiB
-from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
-from autoballoon_plugins.qmp.guest import GuestSettings
+from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
+from autoballoon_plugins.backends.qmp.guest import GuestSettings
 
 MAX = 512 * MiB
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""},
@@ -124,7 +124,7 @@ class Recorder:
         self.balloon.append(actual)
         self.changed.set()
 
-    def guest_stats(self, guest: str, stats: GuestStats) -> None:
+    def report_stats(self, guest: str, stats: GuestStats) -> None:
         self.stats.append(stats)
         self.changed.set()
 

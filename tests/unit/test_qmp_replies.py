@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoballoon_core.model import MiB
-from autoballoon_plugins.qmp.replies import (
+from autoballoon_plugins.backends.qmp.replies import (
     BadReply,
     LogOnce,
     MemoryDevices,

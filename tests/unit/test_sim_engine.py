@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoballoon_core.engine_core import EngineSettings
+from autoballoon_core.guard import GuardSettings
 from autoballoon_core.interfaces import Policy
 from autoballoon_core.model import (
     Decision,
@@ -15,7 +16,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.safety import GuardSettings
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
 

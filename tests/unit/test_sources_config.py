@@ -13,8 +13,8 @@ from autoballoon_core.interfaces import PressureSource, Registered
 from autoballoon_core.model import MiB, PressureLevel
 from autoballoon_core.plugins import Registry
 from autoballoon_core.testing import FakeBackend
-from autoballoon_plugins import psi, vmpressure, watermark
-from autoballoon_plugins.seed_policies import SeedFixed
+from autoballoon_plugins.policies.seed import SeedFixed
+from autoballoon_plugins.sources import psi, vmpressure, watermark
 
 SOURCES: tuple[type[PressureSource], ...] = (
     psi.PsiSource, vmpressure.VmpressureSource, watermark.WatermarkSource)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.model import PressureLevel
-from autoballoon_plugins import psi
-from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
-from autoballoon_plugins._kernel_psi import (
+from autoballoon_plugins.sources import psi
+from autoballoon_plugins.sources._kernel_caps import CAP_SYS_RESOURCE, has_capability
+from autoballoon_plugins.sources._kernel_psi import (
     PsiTrigger,
     adapt_window,
     needs_privilege,

@@ -15,8 +15,8 @@ import pytest
 
 from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_plugins._kernel_batch import LevelBatcher
-from autoballoon_plugins.vmpressure import VmpressureSource, registration_line
+from autoballoon_plugins.sources._kernel_batch import LevelBatcher
+from autoballoon_plugins.sources.vmpressure import VmpressureSource, registration_line
 
 
 def test_registration_lines_follow_the_kernel_format() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from autoballoon_core.hostmem import HostMemoryReader
 from autoballoon_core.interfaces import SourceUnavailable
 from autoballoon_core.model import GiB, MiB, PressureEvent, PressureLevel
-from autoballoon_plugins.watermark import (
+from autoballoon_plugins.sources.watermark import (
     Amount,
     Thresholds,
     WatermarkSource,

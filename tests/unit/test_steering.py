@@ -8,6 +8,7 @@ import pytest
 
 from autoballoon_core.engine_core import EngineCore, EngineSettings, GuestOverride
 from autoballoon_core.explain import render_explain
+from autoballoon_core.guard import GuardSettings, current_target
 from autoballoon_core.model import (
     Decision,
     GiB,
@@ -21,7 +22,6 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.safety import GuardSettings, current_target
 from autoballoon_core.steering import HISTORY, Refused
 
 
@@ -189,7 +189,7 @@ def test_paused_rounds_decide_but_record_no_target() -> None:
 def test_the_history_says_why_with_the_figures_bounded_and_repeats_counted() -> None:
     policy = Policy()
     core, _ = make_core(policy, min_change=1 * MiB)
-    core.guest_stats("fake", "fake:a", GuestStats(available=900 * MiB, free=300 * MiB,
+    core.report_stats("fake", "fake:a", GuestStats(available=900 * MiB, free=300 * MiB,
                                                   caches=500 * MiB, time=0.5))
     tick(core, 1.0)
     for t in range(2, 6):
@@ -212,7 +212,7 @@ def test_the_history_says_why_with_the_figures_bounded_and_repeats_counted() -> 
 
 def test_explain_renders_what_a_person_asks() -> None:
     core, _ = make_core(Policy())
-    core.guest_stats("fake", "fake:a", GuestStats(available=900 * MiB, free=300 * MiB,
+    core.report_stats("fake", "fake:a", GuestStats(available=900 * MiB, free=300 * MiB,
                                                   caches=500 * MiB, time=0.5))
     core.set_manual("fake:a", 2 * GiB, 600.0, "alice (uid 1000, pid 7)", 1.0)
     entries = [e.view(2.0) for e in reversed(core.steering.history["fake:a"])]

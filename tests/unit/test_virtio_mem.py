@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoballoon_core.model import MiB
-from autoballoon_plugins.virtio_mem import (
+from autoballoon_plugins.backends.virtio_mem import (
     MemoryLayout,
     Plan,
     VirtioMemDevice,

@@ -9,7 +9,7 @@ import autoballoon_example
 
 from autoballoon_core import MiB, PressureLevel
 
-SETTINGS = {"engine": {"policy": "gentle"}, "guards": {"cooldown": 0},
+SETTINGS = {"engine": {"policy": "gentle"}, "guard": {"cooldown": 0},
             "policies": {"gentle": {"step": "16MiB"}}}
 PLUGIN = [(autoballoon_example, "example")]
 

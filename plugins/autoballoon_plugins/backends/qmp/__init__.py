@@ -18,7 +18,7 @@ from typing import Any
 from autoballoon_core import hookimpl
 from autoballoon_core.interfaces import Backend, PluginContext, Register
 from autoballoon_core.options import Section, duration, flag, strings, text
-from autoballoon_plugins.qmp.discovery import check_channel_template
+from autoballoon_plugins.backends.qmp.discovery import check_channel_template
 
 NAME = "qmp"
 
@@ -63,7 +63,7 @@ class QMPOptions(Section):
 class QMP(Backend):
     """QEMU guests over QMP unix sockets (qemu.qmp): balloon, virtio-mem, events, stats.
 
-    Registered in place of :class:`~autoballoon_plugins.qmp.backend.QMPBackend` so
+    Registered in place of :class:`~autoballoon_plugins.backends.qmp.backend.QMPBackend` so
     the daemon loads without the ``qmp`` extra (qemu.qmp) when this backend is not
     enabled: :meth:`create` imports it.
     """
@@ -73,7 +73,7 @@ class QMP(Backend):
 
     @classmethod
     def create(cls, context: PluginContext[QMPOptions]) -> Any:
-        from autoballoon_plugins.qmp.backend import QMPBackend, QMPSettings
+        from autoballoon_plugins.backends.qmp.backend import QMPBackend, QMPSettings
 
         return QMPBackend(context.name, QMPSettings.from_options(context.settings))
 

@@ -53,7 +53,7 @@ from autoballoon_core import (
     integer,
     number,
 )
-from autoballoon_plugins._policy_common import Every, guest_free, host_figures, mib
+from autoballoon_plugins.policies._policy_common import Every, guest_free, host_figures, mib
 
 
 @dataclass(frozen=True, slots=True)

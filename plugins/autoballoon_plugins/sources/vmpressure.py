@@ -33,7 +33,7 @@ from autoballoon_core.interfaces import (
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
 from autoballoon_core.options import Section, strings, text
-from autoballoon_plugins._kernel_watch import FdWatchingSource
+from autoballoon_plugins.sources._kernel_watch import FdWatchingSource
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from autoballoon_core.interfaces import ActuatorError, Backend, Inventory, PluginContext
+from autoballoon_core.interfaces import ActuatorError, Backend, Inventory
 from autoballoon_core.model import GuestId
-from autoballoon_plugins.virtio_mem import MemoryLayout, plan
+from autoballoon_plugins.backends.virtio_mem import MemoryLayout, plan
 
 from . import LibvirtOptions
 from .connection import CLOSE_REASONS, Backoff, Connection, Handlers
@@ -87,15 +87,13 @@ class _Counters:
 class LibvirtBackend(Backend):
     """Follows the active domains of one libvirt URI and sets their balloons."""
 
-    def __init__(self, name: str, options: LibvirtOptions,
-                 context: PluginContext[LibvirtOptions] | None = None) -> None:
+    def __init__(self, name: str, options: LibvirtOptions) -> None:
         self.name = name
         self.uri = options.uri
         self.stats_period = options.stats_period
         self.reconnect_max = options.reconnect_max
         self.workers = options.workers
         self.virtio_mem = options.virtio_mem
-        self._context = context
         self.state = "stopped"
         self.counters = _Counters()
         self._domains: dict[str, _Domain] = {}
@@ -575,7 +573,7 @@ class LibvirtBackend(Backend):
             reading.last_update is None or reading.last_update != domain.last_update
         ):
             domain.last_update = reading.last_update
-            self._inventory.guest_stats(domain.guest, reading.stats)
+            self._inventory.report_stats(domain.guest, reading.stats)
 
     # -- helpers -----------------------------------------------------------------------------
 

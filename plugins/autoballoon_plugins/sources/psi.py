@@ -39,8 +39,8 @@ from autoballoon_core.interfaces import (
     SourceUnavailable,
 )
 from autoballoon_core.model import PressureEvent, PressureLevel
-from autoballoon_plugins._kernel_caps import CAP_SYS_RESOURCE, has_capability
-from autoballoon_plugins._kernel_psi import (
+from autoballoon_plugins.sources._kernel_caps import CAP_SYS_RESOURCE, has_capability
+from autoballoon_plugins.sources._kernel_psi import (
     UNPRIVILEGED_GRANULARITY_US,
     PsiTrigger,
     adapt_window,
@@ -49,7 +49,7 @@ from autoballoon_plugins._kernel_psi import (
     parse_pressure,
     parse_trigger,
 )
-from autoballoon_plugins._kernel_watch import FdWatchingSource
+from autoballoon_plugins.sources._kernel_watch import FdWatchingSource
 
 log = logging.getLogger(__name__)
 

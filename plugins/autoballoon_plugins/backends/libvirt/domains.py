@@ -30,7 +30,7 @@ import libvirt
 
 from autoballoon_core.model import GuestId, GuestInfo
 from autoballoon_core.options import OptionError, parse_size
-from autoballoon_plugins.virtio_mem import MemoryLayout, VirtioMemDevice, VirtioMemError
+from autoballoon_plugins.backends.virtio_mem import MemoryLayout, VirtioMemDevice, VirtioMemError
 
 NAMESPACE = "https://autoballoon.org/xmlns/domain/1"
 PREFIX = "autoballoon"

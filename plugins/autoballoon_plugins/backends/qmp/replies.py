@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from autoballoon_core.model import GuestStats
-from autoballoon_plugins.virtio_mem import VirtioMemDevice, VirtioMemError
+from autoballoon_plugins.backends.virtio_mem import VirtioMemDevice, VirtioMemError
 
 log = logging.getLogger("autoballoon.qmp")
 

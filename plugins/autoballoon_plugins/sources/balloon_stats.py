@@ -105,7 +105,7 @@ class BalloonStatsSource(PressureSource):
         self._emit = emit
         await _forever()
 
-    def guest_stats(self, guest: GuestState, stats: GuestStats) -> None:
+    def receive_stats(self, guest: GuestState, stats: GuestStats) -> None:
         previous = self._last.get(guest.id)
         self._last[guest.id] = stats
         if self._emit is None or (previous is not None and stats == previous):

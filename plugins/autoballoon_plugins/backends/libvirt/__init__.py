@@ -50,7 +50,7 @@ class Libvirt(Backend):
     """libvirt domains (qemu:///system): lifecycle events, memoryStats, setMemoryFlags,
     virtio-mem requested size; per-domain settings from domain metadata.
 
-    Registered in place of :class:`~autoballoon_plugins.libvirt.backend.LibvirtBackend`,
+    Registered in place of :class:`~autoballoon_plugins.backends.libvirt.backend.LibvirtBackend`,
     which :meth:`create` imports: the libvirt module is imported only when enabled.
     """
 
@@ -61,7 +61,7 @@ class Libvirt(Backend):
     def create(cls, context: PluginContext[LibvirtOptions]) -> Any:
         from .backend import LibvirtBackend
 
-        return LibvirtBackend(context.name, context.settings, context)
+        return LibvirtBackend(context.name, context.settings)
 
 
 @hookimpl

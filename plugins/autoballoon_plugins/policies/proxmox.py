@@ -42,7 +42,7 @@ from autoballoon_core import (
     number,
     size,
 )
-from autoballoon_plugins._policy_common import Every, guest_free, host_figures, mib
+from autoballoon_plugins.policies._policy_common import Every, guest_free, host_figures, mib
 
 
 @dataclass(frozen=True, slots=True)

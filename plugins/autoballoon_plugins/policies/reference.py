@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from autoballoon_core import Policy, hookimpl
 from autoballoon_core.interfaces import Register
-from autoballoon_plugins.policies_mom import MomPolicy
-from autoballoon_plugins.policies_proxmox import ProxmoxPolicy
+from autoballoon_plugins.policies.mom import MomPolicy
+from autoballoon_plugins.policies.proxmox import ProxmoxPolicy
 
 
 @hookimpl

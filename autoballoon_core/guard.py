@@ -10,12 +10,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from autoballoon_core.model import Decision, GuestState, Origin, PressureLevel, Snapshot, Veto
-from autoballoon_core.options import KeyedSection, duration, flag, number, size
+from autoballoon_core.options import Section, duration, flag, number, size
 
 
 @dataclass(frozen=True, slots=True)
-class GuardSettings(KeyedSection):
-    """``[guards]``: the invariants' limits."""
+class GuardSettings(Section):
+    """``[guard]``: the invariants' limits."""
 
     floor: int = size(256 * 1024**2,
                       "No guest is ballooned below this much memory (per-guest overrides win).")

@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from autoballoon_core.interfaces import ActuatorError, Backend, Inventory
-from autoballoon_plugins.qmp.discovery import (
+from autoballoon_plugins.backends.qmp.discovery import (
     SocketScanner,
     channel_path,
     guest_id,
     guest_name,
 )
-from autoballoon_plugins.qmp.guest import GuestRunner, GuestSettings, cancel_and_wait
-from autoballoon_plugins.qmp.replies import LogOnce
+from autoballoon_plugins.backends.qmp.guest import GuestRunner, GuestSettings, cancel_and_wait
+from autoballoon_plugins.backends.qmp.replies import LogOnce
 
 if TYPE_CHECKING:
-    from autoballoon_plugins.qmp import QMPOptions
+    from autoballoon_plugins.backends.qmp import QMPOptions
 
 log = logging.getLogger("autoballoon.qmp")
 

@@ -59,6 +59,7 @@ from autoballoon_core import (
     number,
     size,
 )
+from autoballoon_core.guard import current_target, fair_shares, under_pressure
 from autoballoon_core.interfaces import Register
 from autoballoon_core.model import (
     FALL_RATE_READING,
@@ -71,9 +72,8 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_core.safety import current_target, fair_shares, under_pressure
-from autoballoon_plugins._policy_common import guest_free_now, host_figures, mib
-from autoballoon_plugins._policy_fill import water_fill
+from autoballoon_plugins.policies._policy_common import guest_free_now, host_figures, mib
+from autoballoon_plugins.policies._policy_fill import water_fill
 
 
 @dataclass(frozen=True, slots=True)

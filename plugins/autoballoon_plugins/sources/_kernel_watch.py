@@ -13,7 +13,7 @@ import asyncio
 from typing import Generic, Protocol, TypeVar
 
 from autoballoon_core.interfaces import EmitFn, PressureSource, SourceUnavailable
-from autoballoon_plugins._kernel_batch import LevelBatcher
+from autoballoon_plugins.sources._kernel_batch import LevelBatcher
 
 
 class Watched(Protocol):

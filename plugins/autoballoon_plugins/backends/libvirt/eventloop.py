@@ -247,7 +247,8 @@ def ensure_event_impl() -> ThreadSafeAsyncIOImpl:
             if other is not None:
                 raise RuntimeError(
                     "libvirtaio.virEventRegisterAsyncIOImpl was called elsewhere in this "
-                    "process; use autoballoon_plugins.libvirt.eventloop.ensure_event_impl()"
+                    "process; use autoballoon_plugins.backends.libvirt.eventloop"
+                    ".ensure_event_impl()"
                 )
             # libvirt prints every error to stderr unless a handler is set; the
             # backend reports the errors that matter through logging instead.

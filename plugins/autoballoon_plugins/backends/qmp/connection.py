@@ -22,7 +22,7 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError, Runstate
 
 from autoballoon_core.interfaces import ActuatorError
-from autoballoon_plugins.qmp.replies import (
+from autoballoon_plugins.backends.qmp.replies import (
     BadReply,
     MemoryDevices,
     parse_actual,

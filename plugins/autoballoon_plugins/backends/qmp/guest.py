@@ -4,13 +4,13 @@ Each guest runs in its own task, so a guest whose QEMU hangs or dies never
 delays another. The task reports through the engine's Inventory:
 ``guest_appeared`` after every successful (re)connect (with the size read from
 QEMU, which is adopted, never changed), ``guest_balloon`` on ``BALLOON_CHANGE``
-and ``MEMORY_DEVICE_SIZE_CHANGE``, ``guest_stats`` every stats period,
+and ``MEMORY_DEVICE_SIZE_CHANGE``, ``report_stats`` every stats period,
 ``guest_reachable`` when the connection breaks and comes back.
 
 A guest with a virtio-mem device is sized as base memory plus plugged memory
-minus the balloon (:mod:`autoballoon_plugins.virtio_mem`); its targets are
+minus the balloon (:mod:`autoballoon_plugins.backends.virtio_mem`); its targets are
 split between ``requested-size`` and the balloon by
-:func:`autoballoon_plugins.virtio_mem.plan`.
+:func:`autoballoon_plugins.backends.virtio_mem.plan`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from qemu.qmp import ExecuteError
 
 from autoballoon_core.interfaces import ActuatorError, Inventory
 from autoballoon_core.model import GuestInfo
-from autoballoon_plugins.qmp.connection import ConnectionErrors, QMPConnection
-from autoballoon_plugins.qmp.discovery import BACKEND, backoff_delay
-from autoballoon_plugins.qmp.replies import (
+from autoballoon_plugins.backends.qmp.connection import ConnectionErrors, QMPConnection
+from autoballoon_plugins.backends.qmp.discovery import BACKEND, backoff_delay
+from autoballoon_plugins.backends.qmp.replies import (
     BadReply,
     LogOnce,
     MemoryDevices,
@@ -36,7 +36,7 @@ from autoballoon_plugins.qmp.replies import (
     parse_guest_stats,
     parse_size_change,
 )
-from autoballoon_plugins.virtio_mem import MemoryLayout, VirtioMemDevice, plan
+from autoballoon_plugins.backends.virtio_mem import MemoryLayout, VirtioMemDevice, plan
 
 log = logging.getLogger("autoballoon.qmp")
 
@@ -272,7 +272,7 @@ class GuestRunner:
         if parsed.last_update == self.last_stats_update:
             return  # nothing new since the last read: stale figures are not news
         self.last_stats_update = parsed.last_update
-        self.inventory.guest_stats(self.id, parsed.stats)
+        self.inventory.report_stats(self.id, parsed.stats)
 
     def _balloon_changed(self, data: object) -> None:
         """A ``BALLOON_CHANGE`` event (QEMU sends at most about one per second)."""

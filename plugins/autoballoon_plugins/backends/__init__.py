@@ -1,0 +1,3 @@
+"""Backends (inventory and actuators): QMP and libvirt, with the virtio-mem arithmetic
+both share (:mod:`.virtio_mem`).
+"""
