@@ -209,6 +209,23 @@ def test_a_guests_grants_are_bounded_per_minute() -> None:
     assert third["t:a"] > 6 * GiB
 
 
+def test_a_grant_not_yet_applied_is_decided_again_not_spent_again() -> None:
+    # the guest still shows its old size (the engine held the grant back, or the next
+    # snapshot came first): every round asks for the same target; before, each round
+    # spent the budget once more and the sixth asked for less
+    policy = make_policy("autoballoon", pressure_budget_percent=0.5)
+    hungry = guest("a", 8 * GiB, 2 * GiB, free=0, caches=0, pressure=PressureLevel.CRITICAL,
+                   wanted=3 * GiB)
+    seen = {targets(policy.decide(snapshot([hungry], total=TOTAL, available=50 * GiB,
+                                           time=5.0 * n), guest_event()))["t:a"]
+            for n in range(8)}
+    assert seen == {5 * GiB}
+    hungry.target_bytes = hungry.actual_bytes = 5 * GiB  # applied: now it is spent
+    later = targets(policy.decide(snapshot([hungry], total=TOTAL, available=50 * GiB,
+                                           time=40.0), guest_event()))
+    assert later["t:a"] == 6 * GiB  # 4 GiB per minute in all
+
+
 def test_critical_host_squeezes_towards_fair_share_when_caches_are_not_enough() -> None:
     policy = make_policy("autoballoon")
     big = guest("big", 32 * GiB, 30 * GiB, free=0, caches=0)

@@ -143,6 +143,15 @@ class Settings(Section):
 BUDGET_WINDOW = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Memory given to a guest under pressure: when, from which size, how much."""
+
+    time: float
+    base: int
+    amount: int
+
+
 @dataclass(slots=True)
 class GuestView:
     """One guest as this round sees it; sizes in bytes."""
@@ -216,7 +225,7 @@ class AutoBalloonPolicy(Policy):
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.s = settings
-        self._grants: dict[GuestId, list[tuple[float, int]]] = {}
+        self._grants: dict[GuestId, list[Grant]] = {}
 
     # -- round ---------------------------------------------------------------------
 
@@ -354,7 +363,7 @@ class AutoBalloonPolicy(Policy):
             if not under_pressure(guest):
                 continue
             asked = guest.pressure_wanted or self.s.pressure_grant
-            amount = int(min(asked, self._budget_left(guest, snapshot.time),
+            amount = int(min(asked, self._budget_left(guest, snapshot.time, view.size),
                              guest.max_bytes - view.size))
             if amount > 0:
                 asks[guest.id] = amount
@@ -381,7 +390,11 @@ class AutoBalloonPolicy(Policy):
             if amount <= 0:
                 continue
             plan.move(gid, view.size + amount, f"autoballoon: {why}")
-            self._grants.setdefault(gid, []).append((plan.now, amount))
+            grants = self._grants.setdefault(gid, [])
+            if grants and grants[-1].base == view.size:  # decided again, not given twice
+                grants[-1] = replace(grants[-1], amount=amount)
+            else:
+                grants.append(Grant(plan.now, view.size, amount))
             room -= amount
             granted[gid] = amount
         return granted
@@ -401,11 +414,16 @@ class AutoBalloonPolicy(Policy):
             unpaid += max(0, asked - granted.get(gid, 0) - own)
         return unpaid
 
-    def _budget_left(self, guest: GuestState, now: float) -> float:
-        recent = [(t, a) for t, a in self._grants.get(guest.id, []) if now - t < BUDGET_WINDOW]
+    def _budget_left(self, guest: GuestState, now: float, size: int) -> float:
+        """The guest's pressure budget left in the window. A grant made from the size the
+        guest still has is not in the snapshot yet (not applied, or not seen): this
+        round decides it again, so it does not count against itself."""
+        recent = [g for g in self._grants.get(guest.id, []) if now - g.time < BUDGET_WINDOW]
         self._grants[guest.id] = recent
-        return max(0.0, self.s.pressure_budget_percent * guest.max_bytes
-                   - sum(a for _t, a in recent))
+        spent = sum(g.amount for g in recent)
+        if recent and recent[-1].base == size:
+            spent -= recent[-1].amount
+        return max(0.0, self.s.pressure_budget_percent * guest.max_bytes - spent)
 
     # -- 2. exposure ----------------------------------------------------------------------
 
