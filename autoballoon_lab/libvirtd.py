@@ -118,19 +118,17 @@ that libvirtd runs: libvirt moves every mount under ``/dev`` into each domain's 
 ``/dev``, this one included."""
 
 
-def _has_group(name: str) -> bool:
+def _kvm_node() -> Path | None:
+    """A node of the host's KVM device as udev leaves it (``root:kvm``, 0660); None
+    without a KVM device or a ``kvm`` group."""
     try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _kvm_node() -> Path:
-    """A node of the host's KVM device as udev leaves it (``root:kvm``, 0660)."""
+        gid = grp.getgrnam("kvm").gr_gid
+        device = os.stat(KVM_DEVICE).st_rdev
+    except (KeyError, FileNotFoundError):
+        return None
     KVM_NODE.unlink(missing_ok=True)
-    os.mknod(KVM_NODE, 0o660 | stat.S_IFCHR, os.stat(KVM_DEVICE).st_rdev)
-    os.chown(KVM_NODE, 0, grp.getgrnam("kvm").gr_gid)
+    os.mknod(KVM_NODE, 0o660 | stat.S_IFCHR, device)
+    os.chown(KVM_NODE, 0, gid)
     os.chmod(KVM_NODE, 0o660)
     return KVM_NODE
 
@@ -209,8 +207,9 @@ class LibvirtDaemon:
         if stale is not None and not _pid_alive(stale):
             pidfile.unlink(missing_ok=True)
         argv = [binary, "-d", "--pid-file", str(pidfile)]
-        if udev_kvm and KVM_DEVICE.exists() and _has_group("kvm"):
-            argv = with_kvm_node(argv, _kvm_node())
+        node = _kvm_node() if udev_kvm else None
+        if node is not None:
+            argv = with_kvm_node(argv, node)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"{binary} -d failed ({result.returncode}): {result.stderr.strip()}")

@@ -190,7 +190,7 @@ def demand_times(text: str) -> list[float]:
     return [float(m) for m in _DEMAND_DONE.findall(text)]
 
 
-def last_in_use_mib(console_log: Path) -> tuple[float, float]:
+def last_in_use_report(console_log: Path) -> tuple[float, float]:
     """The guest's latest ``IN-USE`` report, from its console's tail: memory in use and
     the demand its program holds (0, 0 before the first; demand 0 from older programs)."""
     try:
@@ -263,7 +263,7 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
         result.peak_anon_mib = max(result.peak_anon_mib, lab.cgroup.anon() / MiB)
         rss = [_rss_mib(g.pid) if g.alive() else 0.0 for g in lab.guests]
         held.append(sum(rss))
-        reports = [last_in_use_mib(g.console_log) for g in lab.guests if g.alive()]
+        reports = [last_in_use_report(g.console_log) for g in lab.guests if g.alive()]
         in_use.append(sum(used for used, _demand in reports))
         kept.append(sum(used - demand for used, demand in reports))
         result.samples.append((round(elapsed, 2), round(usage / MiB, 1),

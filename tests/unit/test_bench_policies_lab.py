@@ -9,7 +9,7 @@ import pytest
 from bench.bench_policies_lab import (
     demand_times,
     in_use_window_mean,
-    last_in_use_mib,
+    last_in_use_report,
     parse_options,
 )
 
@@ -18,18 +18,18 @@ KERNEL = "[   12.345678] virtio_balloon virtio2: Out of puff! Can't get 1 pages\
 
 def test_the_latest_in_use_report_counts(tmp_path: Path) -> None:
     console = tmp_path / "g.console.log"
-    assert last_in_use_mib(console) == (0.0, 0.0)  # no console yet
+    assert last_in_use_report(console) == (0.0, 0.0)  # no console yet
     console.write_text("BENCH t=0.10 IN-USE 26\n" + KERNEL + "BENCH t=1.10 IN-USE 219\n")
-    assert last_in_use_mib(console) == (219.0, 0.0)  # a program that did not report demand
+    assert last_in_use_report(console) == (219.0, 0.0)  # a program that did not report demand
     console.write_text("BENCH t=1.10 IN-USE 219 DEMAND 0\nBENCH t=2.1 IN-USE 300 DEMAND 96\n")
-    assert last_in_use_mib(console) == (300.0, 96.0)
+    assert last_in_use_report(console) == (300.0, 96.0)
 
 
 def test_only_the_tail_is_read_and_a_marker_inside_kernel_text_is_found(tmp_path: Path) -> None:
     console = tmp_path / "g.console.log"
     console.write_text("BENCH t=0.10 IN-USE 999\n" + KERNEL * 200
                        + "[  13.0] oom-kBENCH t=9.00 IN-USE 300\nill\n")
-    assert last_in_use_mib(console) == (300.0, 0.0)
+    assert last_in_use_report(console) == (300.0, 0.0)
 
 
 def test_demand_times_survive_interleaved_output() -> None:
