@@ -28,6 +28,12 @@ PLAYBOOK = """- name: Two tasks, one slow
     - name: Say something
       ansible.builtin.debug:
         msg: quick
+      changed_when: true
+      notify: Answer
+  handlers:
+    - name: Answer
+      ansible.builtin.debug:
+        msg: handled
 """
 
 
@@ -46,7 +52,9 @@ def test_each_task_and_host_is_timed_and_the_slowest_shown(tmp_path: Path) -> No
     rows = {row["task"]: row for row in map(json.loads, times.read_text().splitlines())}
     assert rows["Sleep a little"]["seconds"] >= 1.5
     assert rows["Sleep a little"]["outcome"] == "changed"
-    assert rows["Say something"]["outcome"] == "ok"
+    assert rows["Say something"]["outcome"] == "changed"
+    assert rows["Answer"]["outcome"] == "ok"  # handlers are timed under their own name
+    assert "Callback dispatch" not in run.stdout + run.stderr
     assert {row["host"] for row in rows.values()} == {"localhost"}
     assert {row["playbook"] for row in rows.values()} == {"play.yml"}
     summary = run.stdout[run.stdout.index("task_times: play.yml took"):].splitlines()

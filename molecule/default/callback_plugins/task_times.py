@@ -49,7 +49,8 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         self._task = (task.get_name(), time.monotonic())
 
-    v2_playbook_on_handler_task_start = v2_playbook_on_task_start
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        self._task = (task.get_name(), time.monotonic())
 
     def _record(self, result: Any, outcome: str) -> None:
         name, started = self._task
