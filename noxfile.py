@@ -62,14 +62,18 @@ def molecule_missing() -> str:
         return "needs root"
     if not (BIN / "molecule").exists():
         return "molecule is not installed (the project's extra 'ansible')"
-    from autoballoon_lab.systemd_vm import unavailable_reason  # on the path by `make deps`
+    # on the path by `make deps`
+    from autoballoon_lab import debian_root
+    from autoballoon_lab.systemd_vm import unavailable_reason
 
-    return unavailable_reason() or ""
+    # the Debian 13 VM's root, built on first use when the lab cache has none
+    built = (debian_root.root_dir() / "etc" / "os-release").is_file()
+    return unavailable_reason() or ("" if built else debian_root.unavailable_reason() or "")
 
 
 @nox.session(venv_backend="none", requires=["unit"])
 def molecule(session: nox.Session) -> None:
-    """``molecule test``: the Ansible roles on a systemd VM (root and QEMU)."""
+    """``molecule test``: the Ansible roles on two systemd VMs, Debian 12 and 13 (root, QEMU)."""
     missing = molecule_missing()
     if missing and os.environ.get("CI", "").lower() == "true":
         session.error(f"prerequisite missing in CI: {missing}")

@@ -45,9 +45,11 @@ BASE_PACKAGES = (
 )
 #: apt's part, installed in the new root after debootstrap (apt orders the
 #: configuration of libvirt and polkitd, which debootstrap's own pass does not):
-#: what the host role expects on a KVM host and what the molecule checks run.
+#: what the host role expects on a KVM host (the packages it installs itself
+#: where it may, python3-packaging among them: ansible.builtin.pip imports it on
+#: the host) and what the molecule checks run.
 PACKAGES = (
-    "python3-libvirt", "libvirt-daemon-system", "libvirt-daemon-driver-qemu",
+    "python3-packaging", "python3-libvirt", "libvirt-daemon-system", "libvirt-daemon-driver-qemu",
     "libvirt-clients", "qemu-system-x86", "systemd-container",
 )
 BUILD_TIMEOUT = 3600.0

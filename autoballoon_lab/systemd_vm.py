@@ -1,7 +1,9 @@
 """A real systemd host in a VM: this machine's own root, read-only, with systemd as PID 1.
 
 For tests that need a systemd host (the Ansible roles' molecule scenario):
-the initramfs mounts the host root read-only over 9p as the lower layer of an
+the initramfs mounts the host root (or, with ``root``/``--suite``, a Debian
+root file system of another release built by :mod:`autoballoon_lab.debian_root`)
+read-only over 9p as the lower layer of an
 overlay whose upper layer is a tmpfs, writes a hostname, an empty machine-id,
 an empty fstab, a static network setup and an SSH key, and ``switch_root``s
 into ``/lib/systemd/systemd``. What is installed on the host is what the VM
@@ -14,6 +16,8 @@ CLI (``python -m autoballoon_lab.systemd_vm``)::
 
     build                          build (or reuse) the kernel and initramfs
     start --state-dir DIR          boot, wait for SSH, print the connection as JSON
+          [--suite trixie]         ... a Debian root of that release instead of this machine's
+          [--share DIR]            ... with this machine's DIR visible at the same path
     stop --state-dir DIR           stop the VM this state dir started (by PID)
 """
 
@@ -35,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import debian_root
 from .cpio import CpioArchive
 from .errors import ImageBuildError, LabUnavailable
 from .image import WANTED_MODULES, download_package, find_busybox, kernel_package
@@ -81,10 +86,19 @@ R=/newroot
 # means whiting out every file of the host's /tmp, one by one over 9p (minutes when
 # the host's /tmp is busy). The host's /tmp is none of the VM's business.
 mount -t tmpfs -o mode=1777,nosuid,nodev,size=25% tmpfs "$R/tmp" || fail "tmpfs on /tmp"
-# Host directories under /tmp the VM needs (a CI clone, its virtualenv): read-only binds.
+# Host directories the VM needs (a CI clone or its virtualenv under /tmp; with a root
+# of its own, the repository, the lab cache and the shares): read-only binds from the
+# host root, which is the lower layer, or a second 9p share when the root is not the host's.
+from=/lower
+if [ "$(param ab.hostfs)" = 1 ]; then
+    mkdir -p /hostfs
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostfs /hostfs \
+        || fail "mount of the host's files over 9p failed"
+    from=/hostfs
+fi
 for keep in $(param ab.keep | tr , ' '); do
-    if [ -d "/lower$keep" ]; then
-        mkdir -p "$R$keep" && mount -o bind "/lower$keep" "$R$keep" \
+    if [ -d "$from$keep" ]; then
+        mkdir -p "$R$keep" && mount -o bind "$from$keep" "$R$keep" \
             || say "warning: cannot keep $keep visible"
     fi
 done
@@ -102,7 +116,10 @@ chmod 600 "$R/root/.ssh/authorized_keys"
 : >"$R/root/.bashrc"
 : >"$R/root/.profile"
 mkdir -p "$R/etc/ssh/sshd_config.d"
-printf 'UsePAM no\nPrintMotd no\nPrintLastLog no\nUseDNS no\n' \
+# PIP_NO_COMPILE=0 (pip reads it as compile=0): pip byte-compiles nothing, also when
+# `python -m venv` installs pip itself; under software emulation that took 134 s of
+# the 145 s a virtualenv took to create.
+printf 'UsePAM no\nPrintMotd no\nPrintLastLog no\nUseDNS no\nSetEnv PIP_NO_COMPILE=0\n' \
     >"$R/etc/ssh/sshd_config.d/autoballoon-vm.conf"
 rm -f "$R/etc/network/interfaces.d/"* 2>/dev/null
 printf 'auto lo\niface lo inet loopback\n' >"$R/etc/network/interfaces"
@@ -110,8 +127,13 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
+# tmp.mount (Debian 13 enables it) would hide the private /tmp and its binds;
+# systemd-firstboot would wait for answers on the console.
+# libvirt-guests resumes guests of an earlier boot (there are none): at boot it only
+# makes libvirtd start and answer before SSH counts as ready.
 for unit in postgresql.service e2scrub_reap.service apt-daily.timer apt-daily-upgrade.timer \
-        dpkg-db-backup.timer systemd-timesyncd.service; do
+        dpkg-db-backup.timer systemd-timesyncd.service tmp.mount systemd-firstboot.service \
+        libvirt-guests.service; do
     ln -sf /dev/null "$R/etc/systemd/system/$unit"
 done
 say "switching to systemd"
@@ -217,17 +239,21 @@ def _ssh_ready(state: Path, key: Path, port: int) -> bool:
     return result.stdout.strip() in ("running", "degraded")
 
 
-def kept_paths() -> list[str]:
-    """Host directories the VM needs that its private ``/tmp`` would hide.
+def kept_paths(shares: Sequence[Path] = (), own_root: bool = False) -> list[str]:
+    """Host directories the VM must see at their own paths.
 
-    The repository, the lab cache and the virtualenv, when they live under
-    ``/tmp`` (a CI clone may): the init binds them read-only from the host root.
+    The repository, the lab cache, the virtualenv and ``shares``: those its
+    private ``/tmp`` would hide (a CI clone may live under ``/tmp``), or all
+    of them when the VM boots a root of its own. The init binds them
+    read-only from this machine's root.
     """
     kept: list[str] = []
-    for path in (repo_root(), cache_dir(), Path(sys.prefix).resolve()):
+    for path in (repo_root(), cache_dir(), Path(sys.prefix).resolve(),
+                 *(share.resolve() for share in shares)):
         text = str(path)
         hidden = path == Path("/tmp") or Path("/tmp") in path.parents
-        if hidden and text not in kept and not any(c.isspace() or c == "," for c in text):
+        if (hidden or own_root) and text not in kept and \
+                not any(c.isspace() or c == "," for c in text):
             kept.append(text)
     return kept
 
@@ -266,8 +292,15 @@ def unavailable_reason() -> str | None:
 
 def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFAULT_CPUS,
           upper_size: str = DEFAULT_UPPER_SIZE, hostname: str = "autoballoon-vm",
-          timeout: float = BOOT_TIMEOUT) -> Connection:
-    """Boot the VM (QEMU daemonized, PID in ``state/qemu.pid``) and wait for SSH."""
+          timeout: float = BOOT_TIMEOUT, root: Path = Path("/"),
+          shares: Sequence[Path] = ()) -> Connection:
+    """Boot the VM (QEMU daemonized, PID in ``state/qemu.pid``) and wait for SSH.
+
+    ``root`` is the root file system it boots (default: this machine's);
+    ``shares`` are directories of this machine it sees at the same paths
+    (read-only; with this machine's root every directory outside ``/tmp`` is
+    seen anyway).
+    """
     reason = unavailable_reason()
     if reason:
         raise LabUnavailable(reason)
@@ -282,16 +315,22 @@ def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFA
     cmdline = " ".join(["console=ttyS0", "loglevel=4", "panic=-1", "net.ifnames=0",
                         "systemd.show_status=0", f"ab.hostname={hostname}",
                         f"ab.upper={upper_size}", f"ab.key={encoded}"])
-    kept = kept_paths()
+    own_root = root.resolve() != Path("/")
+    kept = kept_paths(shares, own_root)
     if kept:
         cmdline += f" ab.keep={','.join(kept)}"
+    host_share: list[str] = []
+    if own_root:
+        cmdline += " ab.hostfs=1"
+        host_share = ["-virtfs", "local,path=/,mount_tag=hostfs,security_model=none,"
+                                 "readonly=on,multidevs=remap"]
     argv = [
         "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max",
         "-smp", str(cpus), "-m", str(memory_mib), "-name", hostname,
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                   "multidevs=remap",
+        "-virtfs", f"local,path={root.resolve()},mount_tag=hostroot,security_model=none,"
+                   "readonly=on,multidevs=remap", *host_share,
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT}",
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
@@ -387,6 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     begin.add_argument("--cpus", type=int, default=DEFAULT_CPUS)
     begin.add_argument("--hostname", default="autoballoon-vm")
     begin.add_argument("--timeout", type=float, default=BOOT_TIMEOUT)
+    begin.add_argument("--suite", help="boot a Debian root of this release (e.g. trixie), "
+                                       "built once with debootstrap, instead of this machine's")
+    begin.add_argument("--share", type=Path, action="append", default=[],
+                       help="a directory of this machine the VM sees at the same path "
+                            "(repeatable)")
     end = sub.add_parser("stop", help="stop the VM of a state dir")
     end.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -396,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"kernel": str(kernel), "initrd": str(initrd)}))
         elif args.command == "start":
             started = time.monotonic()
+            root = debian_root.ensure_root(args.suite) if args.suite else Path("/")
             connection = start(args.state_dir.resolve(), memory_mib=args.memory,
-                               cpus=args.cpus, hostname=args.hostname, timeout=args.timeout)
+                               cpus=args.cpus, hostname=args.hostname, timeout=args.timeout,
+                               root=root, shares=args.share)
             print(json.dumps({**asdict(connection),
                               "boot_seconds": round(time.monotonic() - started, 1)}))
         else:

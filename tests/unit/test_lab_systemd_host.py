@@ -25,9 +25,23 @@ def test_only_paths_under_tmp_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert systemd_vm.kept_paths() == []  # a comma would split the list; /tmpfoo is not /tmp
 
 
+def test_a_root_of_its_own_keeps_the_checkout_and_the_shares(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemd_vm, "repo_root", lambda: Path("/srv/autoballoon"))
+    monkeypatch.setattr(systemd_vm, "cache_dir", lambda: Path("/srv/autoballoon/.cache/lab"))
+    monkeypatch.setattr(sys, "prefix", "/srv/autoballoon/.venv")
+    shares = [Path("/root/molecule/wheels")]
+    assert systemd_vm.kept_paths(shares) == []  # this machine's root shows them already
+    assert systemd_vm.kept_paths(shares, own_root=True) == [
+        "/srv/autoballoon", "/srv/autoballoon/.cache/lab", "/srv/autoballoon/.venv",
+        "/root/molecule/wheels"]
+
+
 def test_the_init_binds_kept_paths_after_its_private_tmp() -> None:
     script = systemd_vm.INIT_SCRIPT
-    assert script.index('tmpfs "$R/tmp"') < script.index('mount -o bind "/lower$keep"')
+    assert script.index('tmpfs "$R/tmp"') < script.index('mount -o bind "$from$keep"')
+    # from the lower layer (this machine's root) or, for a root of its own, the second share
+    assert script.index("from=/lower") < script.index("from=/hostfs")
 
 
 def test_ssh_uses_the_state_dirs_known_hosts() -> None:
