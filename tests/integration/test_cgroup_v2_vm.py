@@ -9,8 +9,10 @@ Each test runs one check of :mod:`autoballoon_lab.slice_checks` in the VM over
 SSH, in a ``machine-<name>.slice`` with a memory limit (pressure only inside
 it), and asserts on the JSON it prints. The nested libvirt guest runs under
 software emulation inside software emulation: slow, hence the tiny lab guest.
-Time: about 6 minutes on 2 busy cores (VM boot 2.5-3 min, the libvirt check
-1.5-3 min, the others about 20 s each, most of it Python starting in the VM).
+The same boot shows the VM's private ``/tmp`` (a file put in this machine's
+``/tmp`` before the boot is not in the VM's). Time: about 6 minutes on 2 busy
+cores (VM boot 2.5-3 min, the libvirt check 1.5-3 min, the others about 20 s
+each, most of it Python starting in the VM).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +39,15 @@ VM_MEMORY_MIB = 2048
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[systemd_vm.Connection]:
+def host_tmp_file() -> Iterator[Path]:
+    """A file in this machine's /tmp, there before the VM boots."""
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="autoballoon-host-tmp-") as marker:
+        yield Path(marker.name)
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory,
+       host_tmp_file: Path) -> Iterator[systemd_vm.Connection]:
     require_root()
     require_busybox()
     reason = systemd_vm.unavailable_reason()
@@ -90,6 +102,15 @@ def _levels(report: dict[str, Any]) -> list[str]:
         if not collapsed or collapsed[-1] != event["level"]:
             collapsed.append(event["level"])
     return collapsed
+
+
+def test_the_vm_has_a_private_tmp(vm: systemd_vm.Connection, host_tmp_file: Path) -> None:
+    """systemd-tmpfiles would otherwise empty this machine's /tmp through the overlay
+    at boot, file by file over 9p (minutes on a busy /tmp)."""
+    answer = systemd_vm.ssh(vm, f"findmnt -n -o FSTYPE --target /tmp; "
+                                f"test -e {host_tmp_file} && echo visible || echo hidden").stdout
+    assert answer.split() == ["tmpfs", "hidden"], answer
+    assert host_tmp_file.exists()
 
 
 def test_psi_triggers_fire_on_a_machine_slice(vm: systemd_vm.Connection) -> None:
