@@ -11,11 +11,14 @@ virtualenv ``.cache/ansible-test/core-<version>`` holding only that
 ansible-core (created and filled by this tool on first use, reused after)
 and in its own tree ``.cache/ansible-test/tree-<version>``; integration and
 the lints run once, with the ansible-core of the Python running this tool.
+Each tree has a HOME of its own (``.cache/ansible-test/home-<tree>``) and a
+lock of its own, so runs in different trees may go at once (the test suite
+runs the matrix's releases and the other steps side by side).
 
 1. ``ansible-test sanity`` (the controller and target Python given by
    ``--python``, default 3.11), with ``--venv --requirements``: ansible-test
    installs each test's pinned requirements from PyPI into its own cached
-   virtualenv under ``.cache/ansible-test/.ansible/test/venv`` (HOME is
+   virtualenv under the tree's ``home-<tree>/.ansible/test/venv`` (HOME is
    pointed there: downloaded once, reused after). ansible-test bootstraps pip
    into those virtualenvs with a script it downloads from outside PyPI; this
    tool puts a local stand-in in its cache instead (see :func:`seed_get_pip`),
@@ -46,13 +49,15 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +186,7 @@ def commands(python: str, bindir: Path | None = None) -> dict[str, list[str]]:
         # sanity: this Python runs ansible-test; each test gets its own cached venv.
         "sanity": [test, "sanity", "--python", python, "--local", "--color", "no"],
         # units: a fresh venv with ansible-test's pinned pytest and the collection's
-        # tests/unit/requirements.txt (pip's cache under CACHE_HOME makes reruns quick).
+        # tests/unit/requirements.txt (pip's cache in the tree's HOME makes reruns quick).
         "units": [test, "units", "--python", python, "--venv", "--requirements",
                   "--color", "no"],
         # integration: tests/integration/targets, on this machine (libvirt's test
@@ -239,9 +244,16 @@ def core_venv(version: str, home: Path = CACHE_HOME) -> Path:
     return venv / "bin"
 
 
+def home_of(base: Path) -> Path:
+    """The HOME ansible-test runs with in the tree under ``base``: that tree's sanity
+    virtualenvs, pip's cache and configuration. One per tree, so that runs in
+    different trees (each ansible-core of the matrix) can go at once."""
+    return base.parent / f"home-{base.name}"
+
+
 def environment(base: Path, bindir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["HOME"] = str(CACHE_HOME)
+    env["HOME"] = str(home_of(base))
     env["PATH"] = str(bindir or Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(base)
     env.setdefault("ANSIBLE_LOCAL_TEMP", str(base / ".ansible-tmp"))
@@ -284,8 +296,9 @@ def run_steps(base: Path, steps: Sequence[str], python: str,
         subprocess.run(["git", "-C", str(tree), "add", "-A"], check=False)
     env = environment(base, bindir)
     interpreter = str(bindir / "python") if bindir else sys.executable
+    seed_pip_config(home_of(base), os.environ)
     if any(step in CORE_STEPS for step in steps):
-        seed_get_pip(CACHE_HOME, python, interpreter)
+        seed_get_pip(home_of(base), python, interpreter)
     todo = commands(python, bindir)
     failed: list[str] = []
     for step in steps:
@@ -302,34 +315,40 @@ def run_steps(base: Path, steps: Sequence[str], python: str,
     return failed
 
 
+@contextlib.contextmanager
+def tree_lock(base: Path) -> Iterator[None]:
+    """One run at a time in the tree under ``base`` (runs in other trees go on)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with (base.parent / f"{base.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run(steps: Sequence[str], python: str, keep: bool,
         cores: Sequence[str] = CORE_VERSIONS) -> int:
     """Sanity and units for each ansible-core of ``cores``, then the other steps once."""
-    import fcntl
-
-    CACHE_HOME.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     trees: list[Path] = []
-    with (CACHE_HOME / "tree.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses the trees
-        seed_pip_config(CACHE_HOME, os.environ)
-        try:
-            core_steps = [step for step in steps if step in CORE_STEPS]
-            for core in cores if core_steps else ():
+    try:
+        core_steps = [step for step in steps if step in CORE_STEPS]
+        for core in cores if core_steps else ():
+            base = CACHE_HOME / f"tree-{core}"
+            trees.append(base)
+            with tree_lock(base):
                 started = time.monotonic()
                 bindir = core_venv(core)
                 print(f"== ansible-core {core}: {bindir.parent} "
                       f"ready in {time.monotonic() - started:.1f} s", flush=True)
-                trees.append(CACHE_HOME / f"tree-{core}")
-                failed += run_steps(trees[-1], core_steps, python, bindir,
+                failed += run_steps(base, core_steps, python, bindir,
                                     f" [ansible-core {core}]")
-            other = [step for step in steps if step not in CORE_STEPS]
-            if other:
-                trees.append(TREE_BASE)
+        other = [step for step in steps if step not in CORE_STEPS]
+        if other:
+            trees.append(TREE_BASE)
+            with tree_lock(TREE_BASE):
                 failed += run_steps(TREE_BASE, other, python)
-        except FileNotFoundError as exc:
-            print(f"ansible_checks: {exc}", file=sys.stderr)
-            return 2
+    except FileNotFoundError as exc:
+        print(f"ansible_checks: {exc}", file=sys.stderr)
+        return 2
     if keep:
         print(f"ansible_checks: the trees are {', '.join(map(str, trees))}")
     if failed:

@@ -3,7 +3,8 @@ ansible-core), integration and ansible-lint all pass.
 
 Slow the first time (ansible-test installs each sanity test's pinned
 requirements, and the units' requirements, from PyPI into virtualenvs cached
-under ``.cache/ansible-test``), about 1.5 minutes on 2 cores after that.
+under ``.cache/ansible-test``), about 1.5 minutes on 2 cores after that. The
+three runs of the tool go side by side (the first test starts them all).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,30 +22,80 @@ from ansible_run import ansible_checks
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _checks(*args: str) -> subprocess.CompletedProcess[str]:
+RUNS: dict[str, tuple[str, ...]] = {
+    **{f"core-{core}": ("--core", core, "--only", "sanity", "--only", "units")
+       for core in ansible_checks().CORE_VERSIONS},
+    "once": ("--only", "integration", "--only", "lint", "--only", "molecule-lint"),
+}
+"""The runs of the tool the tests below check: the CI matrix (sanity and units with
+each supported ansible-core, from its own virtualenv) and the steps that run once.
+They share no tree (each has its own tree, HOME and lock), so they run side by side."""
+
+
+@dataclass
+class Run:
+    """One run of the tool, started in the background, its output in files."""
+
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Every run of :data:`RUNS` started at once; the tests wait for their own."""
     bindir = Path(sys.executable).parent
     if not (bindir / "ansible-test").exists() or not (bindir / "ansible-lint").exists():
         pytest.fail("ansible-test / ansible-lint missing: install the project's extra 'ansible'")
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ansible_checks.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=1500, check=False)
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("==")))
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "ansible_checks: all passed" in proc.stdout
-    return proc
+    logs = tmp_path_factory.mktemp("ansible-checks")
+    started: dict[str, Run] = {}
+    try:
+        for name, args in RUNS.items():
+            stdout, stderr = logs / f"{name}.out", logs / f"{name}.err"
+            with stdout.open("wb") as out, stderr.open("wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, str(ROOT / "tools" / "ansible_checks.py"), *args],
+                    stdout=out, stderr=err, env=env)
+            started[name] = Run(proc, stdout, stderr)
+        yield started
+    finally:
+        for run in started.values():
+            if run.proc.poll() is None:
+                run.proc.kill()
+            run.proc.wait()
+
+
+def _finished(checks: dict[str, Run], name: str) -> str:
+    run = checks[name]
+    try:
+        run.proc.wait(timeout=1500)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        pytest.fail(f"ansible_checks {' '.join(RUNS[name])} took over 1500 s")
+    stdout = run.stdout.read_text(errors="replace")
+    print("\n".join(line for line in stdout.splitlines() if line.startswith("==")))
+    assert run.proc.returncode == 0, (stdout[-6000:] +
+                                      run.stderr.read_text(errors="replace")[-3000:])
+    assert "ansible_checks: all passed" in stdout
+    return stdout
 
 
 @pytest.mark.parametrize("core", ansible_checks().CORE_VERSIONS)
-def test_sanity_and_units_pass_with_each_supported_ansible_core(core: str) -> None:
+def test_sanity_and_units_pass_with_each_supported_ansible_core(
+    checks: dict[str, Run], core: str,
+) -> None:
     """The CI matrix: each supported ansible-core, from its own virtualenv, runs both."""
-    proc = _checks("--core", core, "--only", "sanity", "--only", "units")
+    stdout = _finished(checks, f"core-{core}")
     for step in ("sanity", "units"):
-        assert f"== {step} [ansible-core {core}]: ok" in proc.stdout, proc.stdout[-3000:]
-    assert f"core-{core}" in proc.stdout  # ansible-test of that virtualenv ran
+        assert f"== {step} [ansible-core {core}]: ok" in stdout, stdout[-3000:]
+    assert f"core-{core}" in stdout  # ansible-test of that virtualenv ran
 
 
-def test_collection_integration_and_lint_pass() -> None:
-    _checks("--only", "integration", "--only", "lint", "--only", "molecule-lint")
+def test_collection_integration_and_lint_pass(checks: dict[str, Run]) -> None:
+    stdout = _finished(checks, "once")
+    for step in ("integration", "lint", "molecule-lint"):
+        assert f"== {step}: ok" in stdout, stdout[-3000:]
 
 
 def test_pip_standin_installs_through_pip_conf(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import runpy
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +60,16 @@ def test_config_file_sources(tmp_path: Path) -> None:
 def test_no_configuration_writes_an_empty_file(tmp_path: Path) -> None:
     written = seed_pip_config(tmp_path / "cache", {"HOME": str(tmp_path)})
     assert written.read_text() == ""
+
+
+def test_each_tree_runs_with_a_home_and_a_lock_of_its_own(tmp_path: Path) -> None:
+    """The matrix's releases run side by side: no two trees share ansible-test's HOME
+    (its sanity virtualenvs) or a lock, and a tree's lock is held by one run at a time."""
+    trees = [tmp_path / "tree-2.18", tmp_path / "tree-2.19", tmp_path / "tree"]
+    homes = {tool["environment"](tree)["HOME"] for tree in trees}
+    assert len(homes) == len(trees)
+    assert all(Path(home).parent == tmp_path for home in homes)
+    with (tool["tree_lock"](trees[0]), tool["tree_lock"](trees[1]),
+          (tmp_path / "tree-2.18.lock").open("w") as second,
+          pytest.raises(BlockingIOError)):
+        fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
