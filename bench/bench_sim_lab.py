@@ -60,6 +60,14 @@ QEMU_OVERHEAD = 95 * MiB
 at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
 GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
+GUEST_MIN_FREE = 30 * MiB
+"""Free memory a lab guest's allocations and balloon cannot go below: its min watermark.
+The guest kernel (Debian 6.1, transparent huge pages ``always``) raises
+``min_free_kbytes`` to 2 + 3 x 3 pageblocks per zone, capped at 5 % of its memory: 30 MiB
+of 640 (kswapd then keeps free up to the high watermark, about 45 MiB, as measured when a
+balloon squeezed a guest's cache). At the static cap of 400 MiB the lab's guests filled
+their cache to 432-436 MiB of anonymous memory per QEMU (cache-fill); with 16 MiB the
+model filled them 14 MiB higher."""
 OOM_DEFLATE_RATE = 25 * MiB
 """deflate-on-oom in the lab: BALLOON_CHANGE reports about 20-35 MiB a second apart."""
 FPR_RESIDUE = 50 * MiB
@@ -155,7 +163,7 @@ def lab_params(config: str) -> ModelParams:
         kernel_min=GUEST_KERNEL, kernel_percent=0.0, qemu_overhead=QEMU_OVERHEAD,
         free_page_reporting=config != "none", host_base_percent=0.0, restart_delay=1e9,
         deflate_on_oom=True, oom_deflate_rate=OOM_DEFLATE_RATE,
-        fpr_residue=FPR_RESIDUE,
+        fpr_residue=FPR_RESIDUE, hard_free=GUEST_MIN_FREE,
         # static caps: balloons deflated on OOM from 400 to 470 MiB (ramps) or 540 (burst);
         # after the demand and the cache refill the QEMUs kept 365 + 47 + about the
         # deflated amount (ramps 455-540 MiB anonymous, burst 515-569)

@@ -23,26 +23,27 @@ from bench.lab_scenarios import SCENARIOS
 FIGURES = json.loads((Path(__file__).resolve().parents[1] / "data" / "lab_figures.json")
                      .read_text())
 
-_START = ("the lab's guest programs start at their own boot, 15-70 s after the run's "
-          "clock and up to 20 s apart (QEMU RSS per run); the simulator starts them all "
-          "at 0")
+_START = ("the lab's guest programs begin once their Python has loaded over 9p under TCG: "
+          "10-62 s after the run's clock (median 23) and up to 35 s apart (median 7), "
+          "from the QEMUs' RSS; the simulator starts them all at 0")
 KNOWN_MISSES: dict[tuple[str, str], str] = {
     ("ramp16", "static"): ("run 1 of 2 lost guest 1: at the static cap its demand took "
                            "about 50 s instead of 20 (the guest reclaims its cache, then "
                            "deflates on OOM) and overlapped the other two guests' demands; "
                            "simulated at the nominal rate, none dies (peak within 10 %)"),
-    ("cache-fill", "static"): ("simulated peak 1437 MiB, lab 1304 (10.2 %): at the cap "
-                               "the lab's guests kept about 44 MiB out of use (LRU 267 + "
-                               "kernel 89 of 400 MiB), the model 16 (hard_free)"),
     ("host-claim", "static"): (_START + "; in 2 of 3 runs the host process (20-39.5 s) "
                                "was gone before the caches filled: peaks 951 and 1048 MiB "
                                "against 1310 when they overlapped"),
-    ("ramp16", "proxmox"): ("the lab's Proxmox moved balloons 2 times (inflated, deflated) "
-                            "and lost a QEMU at 640 MiB; simulated, it inflates all three "
-                            "from 35 s on and none dies: what the daemon saw differs, not "
-                            "the memory model"),
-    ("ramp32", "proxmox"): ("the lab's Proxmox moved no balloon at all and lost a QEMU; "
-                            "simulated, it inflates all three from 35 s on and none dies"),
+    ("ramp16", "proxmox"): (_START + "; guest 1's began 7-8 s after the others', so guest "
+                            "2's demand (from 62 s) grew while guest 1 still held its 320 "
+                            "MiB: a QEMU died at 68 s with every balloon at 640 MiB; "
+                            "simulated, the demands overlap 5 s, Proxmox inflates all three "
+                            "from 35 s and none dies"),
+    ("ramp32", "proxmox"): (_START + "; guest 1's demand began at 38 s and allocated slowly "
+                            "until 56 s, when the cgroup first passed Proxmox's 80 %, and "
+                            "guest 2's (its program 4 s earlier) killed a QEMU at 64 s "
+                            "before Proxmox's 10 s cycle moved any balloon; simulated, 80 % "
+                            "is passed at 25 s and Proxmox inflates in time"),
     ("ramp32", "fpr"): (_START + ": guest 2's program started 2.4 s after guest 3's and "
                         "its demand took 12.5 s instead of 10, so guest 3 grew while guest 2 "
                         "held 688 MiB and both died; simulated, only the third dies"),
