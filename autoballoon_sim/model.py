@@ -7,8 +7,10 @@ balloon's ``actual`` size moving towards the engine's ``target`` at the
 inflate/deflate rates, never inflating into memory in use.
 
 Host: memory limit ``total`` (a memory cgroup, no swap). Resident memory of a
-guest is what it touches: kernel + demand + cache with free page reporting;
-without it, the most it ever touched since the balloon last took it back.
+guest is what it touches: kernel + demand + cache with free page reporting, plus
+the freed memory reporting cannot return (``fpr_residue``; with
+``oom_deflate_unreported`` also what deflate-on-oom gave back); without it, the
+most it ever touched since the balloon last took it back.
 Above ``stall_fraction`` of the limit the host reclaims (stall time accrues);
 over the limit the largest guest is OOM-killed and restarts after
 ``restart_delay`` with its balloon at the maximum.
@@ -56,8 +58,10 @@ class ModelParams:
     oom_deflate_unreported: bool = False
     """Memory deflate-on-oom handed back stays resident once the guest used it: free page
     reporting does not return it after the guest frees it, until the balloon inflates
-    again and takes it (the pages come out of the balloon 1 MiB at a time, between pages
-    still in it, so they never form the whole free 2 MiB blocks reporting needs)."""
+    again and takes it (likely because the pages come out of the balloon 1 MiB per OOM
+    call, from among pages still in it, and seldom form the whole free 2 MiB blocks
+    reporting needs). Lab, static cap: QEMUs kept 365 MiB + 47 + about the deflated
+    amount after their demand and a cache refill."""
     host_base_percent: float = 0.02
     """Host memory used by everything but the guests."""
     stall_fraction: float = 0.97

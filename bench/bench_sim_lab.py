@@ -57,7 +57,10 @@ BURST_RATE = 150 * MiB
 """A demand step "as fast as it can": well over 100 MiB/s under TCG."""
 QEMU_OVERHEAD = 95 * MiB
 """QEMU's anonymous memory besides what the guest touched (RssAnon about 190 MiB
-at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
+at boot with the guest kernel's and init's share, measured in the lab cgroup). In the
+bench's runs a QEMU's anonymous memory is its RSS less 81 MiB of file-mapped pages (the
+highest RSS sum less 3 x 81 is the cgroup's peak of anonymous memory in every run without
+a host process): 159 MiB once booted, 365-369 with a 192 MiB cache (model: 190, 380)."""
 GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
 GUEST_MIN_FREE = 30 * MiB
