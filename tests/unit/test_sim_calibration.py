@@ -7,7 +7,8 @@ the benchmark uses; every run's QEMU deaths must be among those the simulator
 predicts (without and with the kernel's second kill, see bench/bench_sim_lab.py)
 and its peak of anonymous memory within 10 % of the lab's. The misses known
 today are listed with their reason and expected to fail (strictly: one that
-starts to pass must be taken off the list).
+starts to pass must be taken off the list); ``bench_sim_lab.py --replay-starts``
+shows the runs behind them with their own programs' start times.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ KNOWN_MISSES: dict[tuple[str, str], str] = {
                            "simulated, none dies (peak within 10 %)"),
     ("host-claim", "static"): (_START + "; in 2 of 3 runs the host process (20-39.5 s) "
                                "was gone before the caches filled: peaks 951 and 1048 MiB "
-                               "against 1310 when they overlapped"),
+                               "against 1310 when they overlapped (replayed with each "
+                               "run's starts: 1020, 1075, 1397)"),
     ("ramp16", "proxmox"): (_START + "; guest 1's began 7-8 s after the others', so guest "
                             "2's demand (from 62 s) grew while guest 1 still held its 320 "
                             "MiB, and a QEMU died at 68 s; "
                             "simulated, the demands overlap 5 s, Proxmox inflates all three "
-                            "from 35 s and none dies"),
+                            "from 35 s and none dies (replayed with the run's starts, "
+                            "guest 1 dies)"),
     ("ramp32", "proxmox"): (_START + "; guest 1's demand began at 38 s and allocated slowly "
                             "until 56 s, when the cgroup first passed Proxmox's 80 %, and "
                             "guest 2's (its program 4 s earlier) killed a QEMU at 64 s "
@@ -53,7 +56,8 @@ KNOWN_MISSES: dict[tuple[str, str], str] = {
                                     "caches at 18-45 s, while the host process grew or held "
                                     "(20-39.5 s), the simulated ones had cached 192 MiB "
                                     "each before it: peak 1503 MiB against 1366 (10.03 %; "
-                                    "the run starting last peaked at 1188)"),
+                                    "the run starting last peaked at 1188; replayed with "
+                                    "each run's starts: 1262-1443 against 1188-1422)"),
 }
 
 
