@@ -19,7 +19,11 @@ simulated twice, without and with that second kill (the largest QEMU growing at
 counts: every lab run must show one of them.
 
 ``python bench/bench_sim_lab.py --lab RUNS.json[,MORE.json] [--scenario NAME,...]
-[--only CONFIG,...] [--markdown]``
+[--only CONFIG,...] [--replay-starts] [--markdown]``
+
+``--replay-starts`` then simulates every lab run with its own guest programs' start
+times, read from its QEMU RSS samples (:mod:`bench.sim_lab_replay`): how much of a
+difference is timing the forward simulation cannot know.
 
 Without ``--lab`` it prints the simulator's side only. Calibrated constants
 (QEMU's own memory, the guest kernel's, the balloon and read speeds) are at the
@@ -32,6 +36,7 @@ import argparse
 import json
 import sys
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,13 +62,25 @@ BURST_RATE = 150 * MiB
 """A demand step "as fast as it can": well over 100 MiB/s under TCG."""
 QEMU_OVERHEAD = 95 * MiB
 """QEMU's anonymous memory besides what the guest touched (RssAnon about 190 MiB
-at boot with the guest kernel's and init's share, measured in the lab cgroup)."""
+at boot with the guest kernel's and init's share, measured in the lab cgroup). In the
+bench's runs a QEMU's anonymous memory is its RSS less 81 MiB of file-mapped pages (the
+highest RSS sum less 3 x 81 is the cgroup's peak of anonymous memory in every run without
+a host process): 159 MiB once booted, 365-369 with a 192 MiB cache (model: 190, 380)."""
 GUEST_KERNEL = 95 * MiB
 """What a booted lab guest uses itself: kernel, init, Python agent and workload."""
+GUEST_MIN_FREE = 30 * MiB
+"""Free memory a lab guest's allocations and balloon cannot go below: its min watermark.
+The guest kernel (Debian 6.1, transparent huge pages ``always``) raises
+``min_free_kbytes`` to 2 + 3 x 3 pageblocks per zone, capped at 5 % of its memory: 30 MiB
+of 640 (kswapd then keeps free up to the high watermark, about 45 MiB, as measured when a
+balloon squeezed a guest's cache). At the static cap of 400 MiB the lab's guests filled
+their cache to 432-436 MiB of anonymous memory per QEMU (cache-fill); with 16 MiB the
+model filled them 14 MiB higher."""
 OOM_DEFLATE_RATE = 25 * MiB
 """deflate-on-oom in the lab: BALLOON_CHANGE reports about 20-35 MiB a second apart."""
 FPR_RESIDUE = 50 * MiB
-"""Freed guest memory free page reporting leaves resident (ramp16, fpr: 46 MiB)."""
+"""Freed guest memory free page reporting leaves resident (ramp16, fpr: 46 MiB), also
+after the guest refills its cache (ramp32, static: see ``oom_deflate_unreported``)."""
 RACE_RATE = 16 * MiB
 """A QEMU growing this fast when the cgroup OOM-kills another may die with it (the
 kernel's second kill while the victim exits): seen at 32 MiB/s (ramp32) and at
@@ -86,14 +103,15 @@ class Phase:
     hold: float = 0.0
 
 
-def timeline(program: tuple[dict[str, Any], ...]) -> list[Phase]:
-    """A guest program as timed phases (reads and demands), as the lab runs it."""
-    t = 0.0
+def timeline(program: tuple[dict[str, Any], ...], start: float = 0.0) -> list[Phase]:
+    """A guest program as timed phases (reads and demands), as the lab runs it, the
+    program starting at ``start``."""
+    t = start
     phases = []
     for step in program:
         kind = step["do"]
         if kind == "wait":
-            t = max(t, float(step["until"]))
+            t = max(t, start + float(step["until"]))
         elif kind == "read":
             end = t + step["mib"] * MiB / READ_RATE
             phases.append(Phase(t, end, "read", step["mib"], READ_RATE))
@@ -134,17 +152,19 @@ class SimResult:
 
 
 def simulate(scenario: Scenario, config: str, params: ModelParams | None = None,
-             policy_options: dict[str, Any] | None = None) -> SimResult:
+             policy_options: dict[str, Any] | None = None,
+             starts: Sequence[float] | None = None) -> SimResult:
     """``scenario`` under ``config``, without and with the kernel's second kill (with
-    ``params`` given: those alone, both times)."""
+    ``params`` given: those alone, both times); the guest programs start at 0 or, per
+    guest, at ``starts`` (seconds)."""
     if params is not None:
-        result = _simulate(scenario, config, params, policy_options)
+        result = _simulate(scenario, config, params, policy_options, starts)
         result.race_killed = list(result.killed)
         return result
     calm = lab_params(config)
-    result = _simulate(scenario, config, calm, policy_options)
+    result = _simulate(scenario, config, calm, policy_options, starts)
     race = replace(calm, second_kill_rate=RACE_RATE, second_kills=1)
-    result.race_killed = _simulate(scenario, config, race, policy_options).killed
+    result.race_killed = _simulate(scenario, config, race, policy_options, starts).killed
     return result
 
 
@@ -154,11 +174,17 @@ def lab_params(config: str) -> ModelParams:
         kernel_min=GUEST_KERNEL, kernel_percent=0.0, qemu_overhead=QEMU_OVERHEAD,
         free_page_reporting=config != "none", host_base_percent=0.0, restart_delay=1e9,
         deflate_on_oom=True, oom_deflate_rate=OOM_DEFLATE_RATE,
-        fpr_residue=FPR_RESIDUE, pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
+        fpr_residue=FPR_RESIDUE, hard_free=GUEST_MIN_FREE,
+        # static caps: balloons deflated on OOM from 400 to 470 MiB (ramps) or 540 (burst);
+        # after the demand and the cache refill the QEMUs kept 365 + 47 + about the
+        # deflated amount (ramps 452-539 MiB anonymous, burst 515-569)
+        oom_deflate_unreported=True,
+        pressure_margin_min=48 * MiB, pressure_margin_percent=0.0)
 
 
 def _simulate(scenario: Scenario, config: str, p: ModelParams,
-              policy_options: dict[str, Any] | None) -> SimResult:
+              policy_options: dict[str, Any] | None,
+              starts: Sequence[float] | None = None) -> SimResult:
     n = scenario.guests
     max_bytes = np.full(n, float(scenario.guest_mib * MiB))
     model = HostModel(max_bytes, scenario.limit_mib * MiB, np.zeros(n), np.zeros(n), p)
@@ -174,7 +200,9 @@ def _simulate(scenario: Scenario, config: str, p: ModelParams,
     elif config == "static":
         assert scenario.static_cap_mib is not None
         model.target[:] = scenario.static_cap_mib * MiB
-    phases = [timeline(program) for program in scenario.programs]
+    begin = list(starts) if starts is not None else [0.0] * n
+    phases = [timeline(program, at) for program, at in zip(scenario.programs, begin,
+                                                            strict=True)]
     end = max((ph[-1].end for ph in phases if ph), default=0.0) + scenario.tail
     if scenario.claim is not None:
         c = scenario.claim
@@ -306,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a policy option for the policies simulated (TOML value), "
                         "to try a setting before the lab")
+    parser.add_argument("--replay-starts", action="store_true",
+                        help="then simulate every lab run with its own guest programs' "
+                        "start times, read from its QEMU RSS samples (a diagnostic: see "
+                        "bench/sim_lab_replay.py)")
     parser.add_argument("--save-figures", type=Path, metavar="JSON",
                         help="write the lab runs' figures per scenario and configuration "
                         "here (the reference tests/unit/test_sim_calibration.py checks)")
@@ -323,6 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_figures:
         args.save_figures.write_text(json.dumps(figures(lab), indent=1) + "\n")
     print_table(rows([SCENARIOS[n] for n in names], configs, lab, options), args.markdown)
+    if args.replay_starts:
+        from bench.sim_lab_replay import HEADERS as REPLAY_HEADERS
+        from bench.sim_lab_replay import replay_rows
+
+        replayed = replay_rows([SCENARIOS[n] for n in names], configs, lab)
+        print()
+        print_rows(REPLAY_HEADERS, replayed, args.markdown)
+        hits = sum(1 for row in replayed if row[-2:] == ["yes", "yes"])
+        print(f"\nreplayed with their programs' start times: {hits} of {len(replayed)} "
+              "lab runs predicted (deaths and peak within 10 %)")
     return 0
 
 

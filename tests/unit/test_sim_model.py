@@ -170,3 +170,53 @@ def test_deflate_on_oom_is_not_undone_by_the_old_target() -> None:
     for k in range(22, 40):
         model.step(k * 0.1, 0.1, np.array([0.0]))  # demand gone: nothing inflates it back
     assert model.actual[0] == grown
+
+
+
+def _capped_guest(cap_mib: float, **params: object) -> HostModel:
+    """One 1 GiB guest (64 MiB kernel, 50 MiB FPR residue) whose balloon sits at ``cap_mib``."""
+    m = HostModel(np.array([1.0 * GiB]), 4.0 * GiB, np.zeros(1), np.zeros(1),
+                  ModelParams(kernel_min=64 * MiB, kernel_percent=0.0, host_base_percent=0.0,
+                              fpr_residue=50 * MiB, oom_deflate_rate=1000 * MiB,
+                              **params))  # type: ignore[arg-type]
+    m.target[:] = cap_mib * MiB
+    for k in range(1, 21):
+        m.step(k * 0.1, 0.1, np.zeros(1))
+    assert m.actual[0] == cap_mib * MiB
+    return m
+
+
+def test_the_fpr_residue_stays_resident_while_the_cache_refills() -> None:
+    m = _capped_guest(1024)
+    m.step(2.1, 0.1, np.array([0.5]))  # 512 MiB touched
+    m.step(2.2, 0.1, np.array([0.0]))  # freed: all but the residue goes back
+    assert m.resident[0] == (64 + 50) * MiB
+    m.cache_rate[:] = 2000 * MiB
+    m.cache_max[:] = 192 * MiB
+    m.step(2.3, 0.1, np.zeros(1))  # the guest reads 192 MiB into its cache
+    assert m.cache[0] == 192 * MiB
+    # lab, ramp32 static: refilling the cache did not use the unreported memory up
+    assert m.resident[0] == (64 + 192 + 50) * MiB
+
+
+def test_memory_deflate_on_oom_gave_back_stays_resident_after_it_is_freed() -> None:
+    for unreported, kept_mib in ((False, 50), (True, 50 + 100)):
+        m = _capped_guest(400, oom_deflate_unreported=unreported)
+        # 64 + 420 MiB needed with 16 MiB free: deflate-on-oom gives back 100 MiB
+        m.step(2.1, 0.1, np.array([420 / 1024]))
+        assert m.actual[0] == 500 * MiB
+        assert m.oom_given[0] == 100 * MiB
+        m.step(2.2, 0.1, np.zeros(1))  # the demand is freed
+        assert m.resident[0] == (64 + kept_mib) * MiB
+
+
+def test_an_inflating_balloon_takes_back_what_deflate_on_oom_gave() -> None:
+    m = _capped_guest(400, oom_deflate_unreported=True)
+    m.step(2.1, 0.1, np.array([420 / 1024]))
+    m.step(2.2, 0.1, np.zeros(1))
+    assert m.oom_given[0] == 100 * MiB
+    m.target[:] = 440 * MiB  # a new, lower target: the balloon inflates by 60 MiB
+    m.step(2.3, 0.1, np.zeros(1))
+    assert m.actual[0] == 440 * MiB
+    assert m.oom_given[0] == 40 * MiB
+    assert m.resident[0] == (64 + 50 + 40) * MiB
