@@ -80,6 +80,8 @@ _END = re.compile(r"BENCH t=\S+ END")
 # the guest kernel's messages share the console: match markers, not whole lines
 _DEMAND_DONE = re.compile(r"BENCH t=[\d.]+ DEMAND-DONE ([\d.]+)")
 _IN_USE = re.compile(r"BENCH t=[\d.]+ IN-USE (\d+)(?: DEMAND (\d+))?")
+READY_TIMEOUT = 240.0
+"""Seconds the guests' programs (and, in daemon runs, their agents) have to load."""
 _CONSOLE_TAIL = 4096
 """Bytes of a console read for its latest IN-USE report (written every second)."""
 
@@ -134,7 +136,7 @@ class RunResult:
     samples: list[tuple[float, float, list[float]]] = field(default_factory=list)
 
 
-def guest_script(program: tuple[dict[str, object], ...]) -> str:
+def guest_script(program: tuple[dict[str, object], ...], go_path: Path) -> str:
     from autoballoon_lab.paths import host_python, python_path_entries, repo_root
 
     python = shlex.quote(str(host_python()))
@@ -145,7 +147,7 @@ def guest_script(program: tuple[dict[str, object], ...]) -> str:
         f"cd {shlex.quote(str(repo_root()))} || exit 126",
         f"export PYTHONPATH={shlex.quote(pythonpath)}",
         f"{python} -m autoballoon_guest --heartbeat 2 --interval 0.25 --log-level warning &",
-        f"exec {python} {script} --guest-program {spec}",
+        f"exec {python} {script} --guest-program {spec} --go {shlex.quote(str(go_path))}",
     ]) + "\n"
 
 
@@ -205,6 +207,36 @@ def last_in_use_report(console_log: Path) -> tuple[float, float]:
         return 0.0, 0.0
     in_use, demand = found[-1]
     return float(in_use), float(demand or 0)
+
+
+def start_programs(lab: Lab, go_path: Path, daemon: DaemonProcess | None = None) -> float:
+    """Wait until every guest's program is ready (and, with ``daemon``, every guest's
+    agent has said hello to it), then start the programs together by creating
+    ``go_path``. Returns the wall time of the start: the run's clock begins there."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    for guest in lab.guests:
+        guest.wait_for_console("BENCH READY", timeout=max(1.0, deadline - time.monotonic()))
+    while daemon is not None and not agents_connected(daemon, len(lab.guests)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the guests' agents did not connect within {READY_TIMEOUT} s")
+        time.sleep(0.2)
+    go_path.touch()
+    return time.time()
+
+
+def agents_connected(daemon: DaemonProcess, guests: int) -> bool:
+    links = daemon.status()["sources"].get("guest-channel", {}).get("guests", {})
+    return sum(1 for link in links.values() if "agent" in link) >= guests
+
+
+def go_file() -> Path:
+    """A path for a run's start file, in the repository (guests see it under their
+    /tmp's tmpfs), not yet created."""
+    from autoballoon_lab.paths import repo_root
+
+    directory = repo_root() / ".cache" / "bench" / "go"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{os.getpid()}-{time.monotonic_ns()}"
 
 
 def count_actions(daemon: DaemonProcess, result: RunResult, started_wall: float) -> None:
@@ -364,7 +396,8 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
                        demands_total=scenario.demand_steps())
     disk = ("-drive", f"driver=null-co,size={scenario.disk_mib}M,read-zeroes=on,"
             "if=none,id=nulldisk0", "-device", "virtio-blk-pci,drive=nulldisk0")
-    configs = [GuestConfig(memory_mib=scenario.guest_mib, command=guest_script(program),
+    go_path = go_file()
+    configs = [GuestConfig(memory_mib=scenario.guest_mib, command=guest_script(program, go_path),
                            free_page_reporting=fpr, deflate_on_oom=True, extra_qemu_args=disk,
                            tcg_tb_size_mib=TB_SIZE_MIB,
                            # a slow TCG boot under load can fail the IO-APIC timer check
@@ -381,7 +414,7 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
                 run_dir.mkdir()
                 daemon = DaemonProcess(run_dir, daemon_config(lab, run_dir, name, fpr, options))
                 with daemon:
-                    started_wall = time.time()
+                    started_wall = start_programs(lab, go_path, daemon)
                     observe(lab, scenario, result)
                 count_actions(daemon, result, started_wall)
                 result.balloons_end_mib = balloon_sizes(lab)  # QMP is free again
@@ -394,6 +427,7 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
                 if verbose:
                     print(daemon.log()[-4000:], file=sys.stderr)
             else:
+                start_programs(lab, go_path)
                 observe(lab, scenario, result)
                 result.balloons_end_mib = balloon_sizes(lab)
             assert lab.cgroup is not None
@@ -412,6 +446,8 @@ def run_config(name: str, scenario: Scenario, verbose: bool,
     except Exception as error:  # record and go on with the next configuration
         result.error = f"{type(error).__name__}: {error}"
         traceback.print_exc()
+    finally:
+        go_path.unlink(missing_ok=True)
     if result.samples:
         usages = [u for _, u, _r in result.samples]
         result.mean_usage_mib = sum(usages) / len(usages)
@@ -489,9 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a policy option for every daemon run (VALUE in TOML syntax, "
                         "e.g. exposure_guests=1); the runs are labelled with it")
     parser.add_argument("--guest-program", help=argparse.SUPPRESS)
+    parser.add_argument("--go", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.guest_program:
-        run_program(args.guest_program)
+        run_program(args.guest_program, args.go)
         return 0
     if args.report:
         return report([Path(p) for p in args.report.split(",") if p], args.markdown)

@@ -15,7 +15,11 @@ Steps of a guest program (times in seconds since the program started):
   MiB in 16 MiB chunks at R MiB/s (0: as fast as it can), hold H seconds,
   then free it; prints ``DEMAND-DONE <seconds to allocate>``.
 
-Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>
+A program given a start file (``--go PATH``) loads, opens its disk, prints
+``BENCH READY`` and waits until that file exists: the host creates it once every
+guest is ready, so the programs of a run start together and its clock starts
+with them (loading Python over 9p under TCG alone takes 10 to 60 s, different
+for every guest). Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>
 DEMAND <MiB>`` every second: the memory the guest keeps in use, page cache and
 all, and how much of it is the demand the program holds at that moment.
 """
@@ -107,9 +111,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 # -- the guest side (standard library only) ------------------------------------------
 
 
-def run_program(text: str) -> None:
-    """Run one guest program given as JSON (see the module docstring)."""
+START_POLL = 0.02
+"""Seconds between two looks for the start file (over 9p, uncached: each is a round trip)."""
+
+
+def run_program(text: str, go_path: str | None = None) -> None:
+    """Run one guest program given as JSON (see the module docstring); with
+    ``go_path``, start once that file exists."""
     steps = json.loads(text)
+    fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
+    if go_path is not None:
+        wait_for_start(go_path)
     t0 = time.monotonic()
 
     lock = threading.Lock()
@@ -122,7 +134,6 @@ def run_program(text: str) -> None:
 
     demand_held = [0]  # MiB touched by the running demand step, read by the reporter
     threading.Thread(target=_report_in_use, args=(say, demand_held), daemon=True).start()
-    fd = os.open("/dev/vda", os.O_RDONLY)  # kept open: the cache stays
     for step in steps:
         kind = step["do"]
         if kind == "read":
@@ -139,6 +150,14 @@ def run_program(text: str) -> None:
     say("END")
     while True:
         time.sleep(3600)
+
+
+def wait_for_start(go_path: str) -> None:
+    """Say ``BENCH READY``, then wait until ``go_path`` exists."""
+    sys.stdout.write("BENCH READY\n")
+    sys.stdout.flush()
+    while not os.path.exists(go_path):
+        time.sleep(START_POLL)
 
 
 IN_USE_PERIOD = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from bench.bench_policies_lab import (
     last_in_use_report,
     parse_options,
 )
+from bench.lab_scenarios import wait_for_start
 
 KERNEL = "[   12.345678] virtio_balloon virtio2: Out of puff! Can't get 1 pages\n"
 
@@ -53,3 +55,16 @@ def test_in_use_is_averaged_over_a_common_window() -> None:
     # a longer run is cut at the window
     assert in_use_window_mean([0.0, 10.0, 30.0], [100.0, 300.0, 900.0], window=20.0) == 200.0
     assert in_use_window_mean([], [], window=20.0) == 0.0
+
+
+def test_a_program_says_it_is_ready_and_starts_only_once_the_start_file_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    go = tmp_path / "go"
+    waiter = threading.Thread(target=wait_for_start, args=(str(go),))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive(), "started before the start file existed"
+    assert capsys.readouterr().out == "BENCH READY\n"
+    go.touch()
+    waiter.join(5.0)
+    assert not waiter.is_alive()
