@@ -36,6 +36,7 @@ from typing import Any
 
 from autoballoon_core.guard import GuardSettings, current_target, review, self_deflated, stalled
 from autoballoon_core.model import (
+    FALL_RATE_READING,
     Action,
     Decision,
     Escalation,
@@ -118,6 +119,10 @@ class EscalationSettings(Section):
     hold: float = duration(
         1.0, "How long the host must stay short, with nothing being taken, before "
         "escalating.", minimum=0.0, maximum=3600.0)
+    horizon: float = duration(
+        3.0, "Seconds of the current fall of host memory looked ahead (the sources' trend "
+        "reading): a host that, falling as it does, is below the reserve within this time "
+        "counts as short already; 0: the level alone.", minimum=0.0, maximum=600.0)
     repeat: float = duration(60.0, "Least time between two escalations.",
                              minimum=0.0, maximum=86400.0)
     command: list[str] = strings(
@@ -715,9 +720,10 @@ class EngineCore:
                           now: float) -> Escalation | None:
         """Raise an escalation when the host stays short and ballooning does not help.
 
-        Short means host available below the escalation reserve, or host pressure at
-        CRITICAL (reclaim failing: page cache counted as available may not come back
-        in time). It escalates when
+        Short means host available below the escalation reserve, or falling below it
+        within ``horizon`` at the trend the sources read, or host pressure at CRITICAL
+        (reclaim failing: page cache counted as available may not come back in
+        time). It escalates when
         the host stays short for ``hold`` with nothing being taken (no inflation
         launched, none on its way), or for ``STUCK_FACTOR`` times ``hold`` whatever
         is being taken: inflations that do not bring the host back are not help.
@@ -728,9 +734,12 @@ class EngineCore:
             self._short_since = self._idle_since = None
             return None
         reserve = settings.reserve_for(host.mem_total)
-        # short: below the reserve, or the kernel says reclaim is failing (CRITICAL);
-        # page cache counted as available may not come back in time
-        if host.mem_available >= reserve and host.level < PressureLevel.CRITICAL:
+        fall_rate = max(0.0, float(host.readings.get(FALL_RATE_READING, 0.0)))
+        outlook = host.mem_available - fall_rate * settings.horizon
+        # short: below the reserve, or falling there within the horizon, or the kernel
+        # says reclaim is failing (CRITICAL: page cache counted as available may not
+        # come back in time)
+        if outlook >= reserve and host.level < PressureLevel.CRITICAL:
             self._short_since = self._idle_since = None
             return None
         taking = any(launch.target < launch.previous for launch in launches)
@@ -754,7 +763,9 @@ class EngineCore:
             time=now, mem_total=host.mem_total, mem_available=host.mem_available,
             reserve=int(reserve), level=host.level, victim=victim,
             reason=(f"host short for {now - self._short_since:.1f} s (available "
-                    f"{host.mem_available >> 20} MiB, escalation reserve {int(reserve) >> 20} "
+                    f"{host.mem_available >> 20} MiB"
+                    + (f", falling {fall_rate / (1 << 20):.0f} MiB/s" if fall_rate else "")
+                    + f", escalation reserve {int(reserve) >> 20} "
                     f"MiB, pressure {host.level.name}) "
                     + ("and ballooning has nothing left to take" if idle else
                        "although balloons are being inflated")),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from autoballoon_core.hostmem import HostMemory
-from autoballoon_core.model import Escalation, GiB, MiB, PressureLevel, Snapshot
+from autoballoon_core.model import FALL_RATE_READING, Escalation, GiB, MiB, PressureLevel, Snapshot
 from autoballoon_core.plugins import hookimpl
 from autoballoon_core.testing import harness
 
@@ -138,3 +138,31 @@ async def test_critical_pressure_counts_as_short_even_when_memory_looks_availabl
             await h.settle()
         assert len(seen.escalations) == 1
         assert "pressure CRITICAL" in seen.escalations[0].reason
+
+
+async def _escalations_while_falling(rate: int, horizon: str) -> list[Escalation]:
+    """Guests at their floors, the host 400 MiB above nothing and falling at ``rate``
+    bytes/s by the sources' trend reading, MEDIUM events 1 s apart."""
+    seen = Seen()
+    now = [100.0]
+    settings = {"engine": {"policy": "seed-fixed"},
+                "escalation": {"hold": "1s", "horizon": horizon}}
+    async with harness(settings, guests={"a": (GiB, 256 * MiB)}, clock=lambda: now[0],
+                       plugins=[(seen, "seen")]) as h:
+        short_host(h.engine, 400 * MiB)  # above the reserve: 3 % of 4 GiB is 122 MiB
+        h.engine.core.readings = lambda: {FALL_RATE_READING: float(rate)}
+        for t in (100.0, 101.0, 102.0):
+            now[0] = t
+            h.host_event(PressureLevel.MEDIUM)
+            await h.settle()
+    return seen.escalations
+
+
+async def test_a_host_falling_below_its_reserve_within_the_horizon_counts_as_short() -> None:
+    # 400 MiB left at 100 MiB/s: 100 MiB in 3 s, below the reserve
+    escalations = await _escalations_while_falling(100 * MiB, "3s")
+    assert len(escalations) == 1
+    assert "available 400 MiB, falling 100 MiB/s" in escalations[0].reason
+    # slower, or the level alone: not short
+    assert await _escalations_while_falling(50 * MiB, "3s") == []
+    assert await _escalations_while_falling(100 * MiB, "0s") == []
