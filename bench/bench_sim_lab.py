@@ -250,7 +250,12 @@ def _simulate(scenario: Scenario, config: str, p: ModelParams,
         model.target[:] = scenario.static_cap_mib * MiB
     begin = list(starts) if starts is not None else [0.0] * n
     phases = timelines(scenario.programs, begin)
-    end = max((ph[-1].end for ph in phases if ph), default=0.0) + scenario.tail
+    # a program ends after its last step, a trailing wait included (the lab's run ends
+    # when every program has)
+    end = max([ph[-1].end for ph in phases if ph]
+              + [at + float(step["until"]) for program, at in zip(scenario.programs, begin,
+                                                                   strict=True)
+                 for step in program if step["do"] == "wait"]) + scenario.tail
     if scenario.claim is not None:
         c = scenario.claim
         end = max(end, c.at + c.mib / c.rate + c.hold + scenario.tail)
