@@ -19,8 +19,8 @@ A program given a start file (``--go PATH``) loads, opens its disk, prints
 ``BENCH READY`` and waits until that file exists: the host creates it once every
 guest is ready, so the programs of a run start together and its clock starts
 with them (loading Python over 9p under TCG alone takes 10 to 60 s, different
-for every guest). Every program ends with ``END``. Meanwhile the program prints ``IN-USE <MiB>
-DEMAND <MiB>`` every second: the memory the guest keeps in use, page cache and
+for every guest). Every program ends with ``END``. Meanwhile the program prints
+``IN-USE <MiB> DEMAND <MiB>`` every second: the memory the guest keeps in use, page cache and
 all, and how much of it is the demand the program holds at that moment.
 """
 

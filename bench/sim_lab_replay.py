@@ -1,13 +1,15 @@
 """Each lab run simulated with its own guest programs' start times.
 
-The lab's guest programs begin once their Python has loaded over 9p under TCG,
-some ten to sixty seconds after the run's clock and seconds apart, while the
-simulator starts them all at 0 (and the host process of ``host-claim`` at its
-time on the run's clock in both). This replay shows how much of a difference
-between the simulator and a lab run is that timing: it reads when each guest's
-program started from the run's QEMU RSS samples and simulates the run with those
-starts. It is a diagnostic (``bench_sim_lab.py --replay-starts``): the
-calibration compares the simulator's forward prediction, which cannot know them.
+Until session 8 the lab's guest programs began once their Python had loaded over
+9p under TCG, some ten to sixty seconds after the run's clock and seconds apart,
+while the simulator starts them all at 0 (and the host process of ``host-claim``
+at its time on the run's clock in both); since then they start together on a
+start file, within about a second of the clock. For runs recorded before, this
+replay shows how much of a difference between the simulator and a lab run is that
+timing: it reads when each guest's program started from the run's QEMU RSS samples
+and simulates the run with those starts. It is a diagnostic (``bench_sim_lab.py
+--replay-starts``): the calibration compares the simulator's forward prediction,
+which cannot know them.
 """
 
 from __future__ import annotations
