@@ -15,6 +15,12 @@ available now" at each lookup, the capabilities cache is thrown away and QEMU
 probed again, 48-130 s per ``defineXML`` on a busy machine. With the node as udev
 makes it, the probe is made once and its cache stays valid. The lab's and the
 tests' domains are software-emulated (``type='qemu'``) either way.
+
+It also runs on one CPU. Where KVM cannot run guests, libvirt reads the host's CPUID
+with the instruction itself, and some of its leaves name the CPU that runs it (the
+APIC ID): a libvirtd that read it on the other CPU than the one before it found "host
+cpuid changed" and probed QEMU again after half of its restarts. libvirt gives each
+domain's QEMU every host CPU whatever libvirtd's own affinity is.
 """
 
 from __future__ import annotations
@@ -112,6 +118,12 @@ def with_kvm_node(argv: list[str], node: Path) -> list[str]:
             str(node), str(KVM_DEVICE), *argv]
 
 
+def on_one_cpu(argv: list[str]) -> list[str]:
+    """``argv`` run on the first CPU this process may use (its children inherit it)."""
+    cpu = min(os.sched_getaffinity(0))
+    return ["taskset", "--cpu-list", str(cpu), *argv]
+
+
 KVM_NODE = RUN_DIR / "autoballoon-libvirtd-kvm"
 """The ``/dev/kvm`` node of our libvirtd's namespace (``root:kvm`` 0660). It stays while
 that libvirtd runs: libvirt moves every mount under ``/dev`` into each domain's own
@@ -174,10 +186,10 @@ class LibvirtDaemon:
         return self
 
     def start_libvirtd(self) -> None:
-        """Start ``libvirtd -d`` (``/dev/kvm`` as udev makes it) and wait until it
+        """Start ``libvirtd -d`` (``/dev/kvm`` as udev makes it, on one CPU) and wait until it
         accepts connections."""
         self.libvirtd_pid = self._spawn("libvirtd", LIBVIRTD_PIDFILE, LIBVIRTD_SOCKET,
-                                        udev_kvm=True)
+                                        libvirtd=True)
         self.owns_libvirtd = True
         # The socket is up before the drivers finished starting: wait for a real answer.
         _wait(self._answers, 30.0, "libvirtd answering on qemu:///system")
@@ -201,15 +213,17 @@ class LibvirtDaemon:
                 conn.close()
 
     @staticmethod
-    def _spawn(binary: str, pidfile: Path, sock: Path, udev_kvm: bool = False) -> int:
+    def _spawn(binary: str, pidfile: Path, sock: Path, libvirtd: bool = False) -> int:
         # A stale pid file of a dead daemon would make the new one refuse to start.
         stale = _read_pid(pidfile)
         if stale is not None and not _pid_alive(stale):
             pidfile.unlink(missing_ok=True)
         argv = [binary, "-d", "--pid-file", str(pidfile)]
-        node = _kvm_node() if udev_kvm else None
-        if node is not None:
-            argv = with_kvm_node(argv, node)
+        if libvirtd:
+            node = _kvm_node()
+            if node is not None:
+                argv = with_kvm_node(argv, node)
+            argv = on_one_cpu(argv)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"{binary} -d failed ({result.returncode}): {result.stderr.strip()}")

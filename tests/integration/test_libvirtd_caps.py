@@ -4,7 +4,9 @@ libvirt 9.0 on a host whose ``/dev/kvm`` root can open but libvirt's QEMU user
 cannot (no udev, as on the lab machines) threw the cache away at every lookup
 and probed QEMU again: 48-130 s per ``defineXML`` on a busy machine. The lab's
 libvirtd sees the device as udev would have left it, in a mount namespace of
-its own (:mod:`autoballoon_lab.libvirtd`).
+its own (:mod:`autoballoon_lab.libvirtd`), and on one CPU: where KVM cannot run
+guests libvirt reads the host's CPUID itself, and a read on the other CPU (another
+APIC ID) made it find "host cpuid changed" after half of the restarts.
 """
 
 from __future__ import annotations
