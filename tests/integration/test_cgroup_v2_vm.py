@@ -125,7 +125,11 @@ def test_psi_triggers_fire_on_a_machine_slice(vm: systemd_vm.Connection) -> None
     [trigger] = describe["triggers"]
     assert trigger["registered"] == "some 10ms 1s" and trigger["fired"] >= 1, trigger
     assert trigger["file"] == f"{report['cgroup']}/memory.pressure"
-    assert report["stall_us"]["some"] >= 10_000, report["stall_us"]  # what made it fire
+    # The slice did stall. Its ``total`` is not bound to reach the trigger's 10 ms: the
+    # kernel averages each CPU's stall weighted by its non-idle time over the interval
+    # of each collection, and the trigger's collections are finer than a file read's
+    # (2 CPUs: 3.7-31 ms seen when the trigger fired).
+    assert report["stall_us"]["some"] > 0, report["stall_us"]
     assert set(report["readings"]) == {"psi.cgroup.some.avg10", "psi.cgroup.some.avg60",
                                        "psi.cgroup.full.avg10", "psi.cgroup.full.avg60"}
     assert report["memory_events"]["oom_kill"] >= 1  # the hogs, inside the slice
