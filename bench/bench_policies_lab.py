@@ -130,6 +130,9 @@ class RunResult:
     a demand completes. 0 in runs recorded before guests reported their demand."""
     kept_samples: list[float] = field(default_factory=list)
     """The kept sum at every one of ``samples``."""
+    guest_in_use: list[list[list[float] | None]] = field(default_factory=list)
+    """At every one of ``samples``, each guest's latest ``[in use, demand]`` (MiB; None
+    once dead): which guest kept what."""
     balloons_end_mib: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
@@ -295,7 +298,9 @@ def observe(lab: Lab, scenario: Scenario, result: RunResult) -> None:
         result.peak_anon_mib = max(result.peak_anon_mib, lab.cgroup.anon() / MiB)
         rss = [_rss_mib(g.pid) if g.alive() else 0.0 for g in lab.guests]
         held.append(sum(rss))
-        reports = [last_in_use_report(g.console_log) for g in lab.guests if g.alive()]
+        each = [last_in_use_report(g.console_log) if g.alive() else None for g in lab.guests]
+        result.guest_in_use.append([list(r) if r is not None else None for r in each])
+        reports = [r for r in each if r is not None]
         in_use.append(sum(used for used, _demand in reports))
         kept.append(sum(used - demand for used, demand in reports))
         result.samples.append((round(elapsed, 2), round(usage / MiB, 1),
