@@ -28,10 +28,10 @@ HOW MUCH and FROM WHOM, in this order:
    reporting this frees nothing now, but a guest that then grows reclaims its
    own page cache first instead of the host's memory, and asks.
 3. **A deficit** (headroom below zero, counting only the part of the trend
-   the guests' own exposure does not explain: a guest growing into its free
-   memory is bounded by it, a host process is not) is reclaimed from page
-   caches: a balloon that goes past a guest's free memory makes it drop cache,
-   which frees host memory. Guests with more cache give more (weighted
+   the guests' own growth does not explain: a guest seen growing in its
+   statistics is bounded by the free memory it keeps, a host process is not)
+   is reclaimed from page caches: a balloon that goes past a guest's free
+   memory makes it drop cache, which frees host memory. Guests with more cache give more (weighted
    water-filling, an idle-memory tax in the spirit of VMware ESX); each keeps
    ``guest_keep``.
 4. **Critical host, idle memory exhausted**: guests above their weighted fair
@@ -97,10 +97,12 @@ class Settings(Section):
         "their fair share are squeezed when idle memory is not enough.",
         minimum=0.0, maximum=0.5)
     medium_reclaim_percent: float = number(
-        0.01, "Least reclaimed on a MEDIUM host event, as a share of host memory.",
+        0.01, "Least reclaimed on a MEDIUM host event below the reserve, as a share of host "
+        "memory.",
         minimum=0.0, maximum=0.5)
     critical_reclaim_percent: float = number(
-        0.03, "Least reclaimed on a CRITICAL host event, as a share of host memory.",
+        0.03, "Least reclaimed on a CRITICAL host event below the reserve, as a share of host "
+        "memory.",
         minimum=0.0, maximum=0.5)
     release_max_percent: float = number(
         0.25, "Most given back per round in all, as a share of host memory.",
