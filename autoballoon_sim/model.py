@@ -42,10 +42,6 @@ class ModelParams:
     """Free memory a guest keeps before it stops growing its caches."""
     hard_free: float = 16 * MiB
     """The balloon cannot take the last this-much of a guest's free memory."""
-    cache_free: float = 0.0
-    """Free memory a guest's own reclaim keeps when its cache is squeezed (Linux's kswapd
-    reclaims up to the high watermark); the larger of this, ``hard_free`` and
-    ``min_free_percent`` counts."""
     pressure_margin_percent: float = 0.05
     pressure_margin_min: float = 64 * MiB
     deflate_on_oom: bool = True
@@ -215,8 +211,7 @@ class HostModel:
         if up.any():
             self.actual[up] = np.minimum(self.target[up], self.actual[up] + p.deflate_rate * dt)
         # Page caches fill free memory, the balloon squeezes them.
-        room = self.actual - need - np.maximum(max(p.hard_free, p.cache_free),
-                                               p.min_free_percent * self.actual)
+        room = self.actual - need - np.maximum(p.hard_free, p.min_free_percent * self.actual)
         cap = np.clip(np.minimum(self.cache_max, room), 0.0, None)
         self.cache = np.where(alive, np.minimum(self.cache + self.cache_rate * dt, cap), 0.0)
         touching = need + self.cache
