@@ -176,6 +176,31 @@ class PlannedRound:
     escalation: Escalation | None = None
 
 
+ACTUAL_LOG_SECONDS = 30.0
+"""How long a guest's balloon sizes are remembered (statistics older than this are
+paired with the oldest size remembered)."""
+
+
+def log_actual(state: GuestState, now: float, actual: int) -> None:
+    """Remember that the guest's balloon is ``actual`` bytes from ``now`` on."""
+    changes = state.actual_changes
+    changes.append((now, actual))
+    while len(changes) > 1 and changes[1][0] <= now - ACTUAL_LOG_SECONDS:
+        del changes[0]
+
+
+def actual_at(state: GuestState, when: float) -> int:
+    """The balloon's size at ``when``: statistics the guest produced before a move
+    arrive after it (QEMU's come up to a stats period late), and their free memory
+    is paired with the size the guest had then."""
+    size = state.actual_bytes
+    for changed, actual in reversed(state.actual_changes):
+        size = actual
+        if changed <= when:
+            break
+    return size
+
+
 class EngineCore:
     """Guests, holds, coalescing, timer, stall watch, guard and escalation, in one place."""
 
@@ -299,7 +324,7 @@ class EngineCore:
         state = self.owned(backend, guest)
         if state is not None:
             state.stats = stats
-            state.stats_actual_bytes = state.actual_bytes
+            state.stats_actual_bytes = actual_at(state, stats.time)
         return state
 
     def guest_reachable(self, backend: str, guest: GuestId, reachable: bool) -> bool:
@@ -323,6 +348,7 @@ class EngineCore:
         actual = max(0, min(actual, state.max_bytes))
         deflated_itself = self_deflated(state, actual, self.guard.tolerance)
         state.actual_bytes = actual
+        log_actual(state, now, actual)
         if not deflated_itself:
             return None
         log.info("guest %s deflated itself to %d MiB (target was %d MiB): adopted",

@@ -118,7 +118,10 @@ class GuestState:
     """The last target the engine set, or None when it has set none (adopted)."""
     stats: GuestStats | None = None
     stats_actual_bytes: int | None = None
-    """The balloon's actual size when ``stats`` arrived."""
+    """The balloon's actual size when the guest produced ``stats`` (at ``stats.time``;
+    :attr:`actual_changes` tells), else when they arrived."""
+    actual_changes: list[tuple[float, int]] = field(default_factory=list)
+    """Recent balloon sizes, each with the time it took effect, oldest first."""
     pressure: PressureLevel = PressureLevel.NONE
     pressure_wanted: int = 0
     pressure_time: float = 0.0

@@ -359,6 +359,27 @@ def test_a_fall_the_guests_growth_explains_takes_no_neighbours_cache() -> None:
     assert 16 * GiB - out["t:bystander"] > 512 * MiB
 
 
+def test_a_guest_cut_since_its_statistics_is_not_cut_again_on_them() -> None:
+    """Its free memory is known only as it was before the cut: the next cut waits for
+    new statistics (in the lab a second cut on the same figures took reading guests to
+    their floor and their page cache with it)."""
+    policy = make_policy("autoballoon")
+    reader = guest("reader", 16 * GiB, 16 * GiB, free=8 * GiB, caches=GiB)
+    assert reader.stats is not None
+    reader.stats = replace(reader.stats, time=0.0)
+    [first] = policy.decide(snapshot([reader], total=TOTAL, available=10 * GiB), tick())
+    assert first.target < 16 * GiB
+    reader.target_bytes = first.target
+    reader.last_action, reader.last_action_time = "inflate", 0.5
+    falling = snapshot([reader], total=TOTAL, available=7 * GiB, time=1.0)
+    assert policy.decide(falling, tick(1.0)) == []
+    reader.stats = replace(reader.stats, time=1.5, free=5 * GiB)
+    reader.stats_actual_bytes = first.target
+    [second] = policy.decide(snapshot([reader], total=TOTAL, available=7 * GiB, time=2.0),
+                             tick(2.0))
+    assert second.target < first.target
+
+
 def test_a_guest_that_used_its_free_memory_is_topped_up() -> None:
     policy = make_policy("autoballoon")
     reader = guest("reader", 16 * GiB, 8 * GiB, free=10 * MiB, caches=6 * GiB)

@@ -48,6 +48,17 @@ def test_real_reply_maps_every_field() -> None:
     assert stats.time == 12.5
 
 
+def test_stats_are_dated_by_qemus_last_update() -> None:
+    """``last-update`` is when QEMU received the figures: 3 s before this read they are
+    3 s old; a last update from the future or a day back is a clock jump (age 0)."""
+    wall = 1795668949.4
+    parsed = parse_guest_stats(REAL_REPLY, max_bytes=MAX, now=100.0, wall_now=wall)
+    assert parsed is not None and abs(parsed.stats.time - (100.0 - 3.4)) < 1e-6
+    for jumped in (1795668946 - 2.0, 1795668946 + 90000.0):
+        parsed = parse_guest_stats(REAL_REPLY, max_bytes=MAX, now=100.0, wall_now=jumped)
+        assert parsed is not None and parsed.stats.time == 100.0
+
+
 @pytest.mark.parametrize("unsupported", [-1, 2**64 - 1])
 def test_unsupported_marker_is_none_and_silent(
     unsupported: int, caplog: pytest.LogCaptureFixture

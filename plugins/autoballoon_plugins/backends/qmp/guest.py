@@ -266,7 +266,7 @@ class GuestRunner:
 
     def _report_stats(self, reply: object) -> None:
         parsed = parse_guest_stats(reply, max_bytes=self.max_bytes, now=time.monotonic(),
-                                   guest=self.id, once=self._once)
+                                   wall_now=time.time(), guest=self.id, once=self._once)
         if parsed is None or parsed.last_update <= 0:
             return  # unusable, or the guest never reported yet
         if parsed.last_update == self.last_stats_update:

@@ -188,6 +188,10 @@ def parse_size_change(data: object) -> tuple[str, int]:
     return (where if isinstance(where, str) else ""), size
 
 
+MAX_STATS_AGE = 86400.0
+"""A ``last-update`` further back than this (or ahead) is a clock jump: age 0 then."""
+
+
 @dataclass(frozen=True, slots=True)
 class StatsReply:
     """A validated ``guest-stats`` reply."""
@@ -201,10 +205,15 @@ def parse_guest_stats(
     *,
     max_bytes: int | None,
     now: float,
+    wall_now: float | None = None,
     guest: str = "",
     once: LogOnce | None = None,
 ) -> StatsReply | None:
     """Map a ``qom-get guest-stats`` reply onto :class:`GuestStats`.
+
+    The stats' ``time`` is ``now`` less their age: ``last-update`` is the host's wall
+    clock (whole seconds) when QEMU received them from the guest, up to a stats period
+    before this read; ``wall_now`` is the wall clock at ``now`` (without it, ``now``).
 
     Returns None when the reply as a whole is unusable (logged once). Single
     bad values (wrong type, negative, a memory figure above ``max_bytes``, a
@@ -228,7 +237,10 @@ def parse_guest_stats(
         if key in MEMORY_FIELDS and max_bytes is not None:
             limit = max_bytes
         values[field] = _stat_value(stats.get(key), key, limit, guest, once)
-    return StatsReply(last_update, GuestStats(time=now, **values))
+    age = 0.0
+    if wall_now is not None and 0.0 <= wall_now - last_update <= MAX_STATS_AGE:
+        age = wall_now - last_update
+    return StatsReply(last_update, GuestStats(time=now - age, **values))
 
 
 def _stat_value(value: object, key: str, limit: int, guest: str, once: LogOnce) -> int | None:
