@@ -240,6 +240,7 @@ class EngineCore:
         self._next_tick = now + settings.tick_interval
         self._short_since: float | None = None
         self._idle_since: float | None = None
+        self._calm_since: float | None = None
         self.steering = Steering()
         self.notify: NoticeFn = lambda _notice: None
 
@@ -753,6 +754,8 @@ class EngineCore:
         the host stays short for ``hold`` with nothing being taken (no inflation
         launched, none on its way), or for ``STUCK_FACTOR`` times ``hold`` whatever
         is being taken: inflations that do not bring the host back are not help.
+        A shortage episode ends only after the host was not short for
+        ``STUCK_FACTOR`` times ``hold``.
         """
         settings = self.escalation
         host = snapshot.host
@@ -766,8 +769,17 @@ class EngineCore:
         # says reclaim is failing (CRITICAL: page cache counted as available may not
         # come back in time)
         if outlook >= reserve and host.level < PressureLevel.CRITICAL:
-            self._short_since = self._idle_since = None
+            # a host back above the reserve for a moment is still in the same episode:
+            # in the lab a host near its limit rose above the reserve for 1-2 s between
+            # kills of guest processes, and the episode restarting each time delayed
+            # the escalation past the first QEMU's death
+            self._idle_since = None
+            if self._calm_since is None:
+                self._calm_since = now
+            if now - self._calm_since >= STUCK_FACTOR * settings.hold:
+                self._short_since = None
             return None
+        self._calm_since = None
         taking = any(launch.target < launch.previous for launch in launches)
         on_way = sum(max(0, g.actual_bytes - current_target(g))
                      for g in snapshot.guests.values())
