@@ -508,6 +508,9 @@ class AutoBalloonPolicy(Policy):
             return {gid: min(caps[gid], max(0.0, free[gid] - level)) for gid in caps}
 
         low, high = float(self.s.guest_keep_free), max(free.values())
+        # a guest that may not be cut this round keeps its free memory in the exposure:
+        # cutting the others below it would lower nothing
+        goal = max(goal, self._exposure(plan, cut_at(low)))
         for _ in range(40):
             level = (low + high) / 2
             if self._exposure(plan, cut_at(level)) <= goal:
