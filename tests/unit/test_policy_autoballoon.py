@@ -359,6 +359,18 @@ def test_a_fall_the_guests_growth_explains_takes_no_neighbours_cache() -> None:
     assert 16 * GiB - out["t:bystander"] > 512 * MiB
 
 
+def test_a_balloon_move_between_statistics_is_not_growth() -> None:
+    """Free memory that fell because the balloon took it says nothing of the guest's
+    own growth: the same fall is then paid from page caches."""
+    policy = make_policy("autoballoon")
+    first, second = _growing(10 * GiB, 8 * GiB)
+    for snap in (first, second):
+        snap.guests["t:reader"].actual_changes.append((1.0, 16 * GiB))
+    policy.decide(first, tick())
+    out = targets(policy.decide(second, tick(2.0)))
+    assert 16 * GiB - out["t:bystander"] > 512 * MiB
+
+
 def test_a_guest_cut_since_its_statistics_is_not_cut_again_on_them() -> None:
     """Its free memory is known only as it was before the cut: the next cut waits for
     new statistics (in the lab a second cut on the same figures took reading guests to

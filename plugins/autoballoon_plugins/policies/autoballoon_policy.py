@@ -145,6 +145,9 @@ class Settings(Section):
 BUDGET_WINDOW = 60.0
 STATS_FRESH = 5.0
 """Seconds a guest's latest statistics count towards its growth rate."""
+BALLOON_QUIET = 1.0
+"""A balloon move this long before a guest's earlier statistics (or later) voids its
+growth rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,7 @@ class AutoBalloonPolicy(Policy):
         self.s = settings
         self._grants: dict[GuestId, list[Grant]] = {}
         self._used: dict[GuestId, tuple[tuple[float, float], ...]] = {}
-        """Per guest, its last two statistics: (time, memory in use)."""
+        """Per guest, its last two statistics: (time, free memory)."""
 
     # -- round ---------------------------------------------------------------------
 
@@ -361,24 +364,28 @@ class AutoBalloonPolicy(Policy):
         return max(0.0, host.fall - guests + min(guests, growing_free) - self._exposure(plan))
 
     def _growth_rates(self, snapshot: Snapshot, plan: Plan) -> dict[GuestId, float]:
-        """Bytes per second each growing guest's memory in use rose between its last two
-        statistics (only guests whose latest statistics are fresh)."""
+        """Bytes per second each growing guest's free memory fell between its last two
+        statistics: only guests whose latest statistics are fresh and whose balloon did
+        not move from a second before the first to the second (a move changes free
+        memory too, and statistics are dated to the second: in the lab a cut paired with
+        the wrong size looked like a guest growing at 100 MiB/s while a host process
+        was taking the memory)."""
         rates: dict[GuestId, float] = {}
         for gid, view in plan.views.items():
             stats = view.state.stats
             if stats is None or stats.free is None:
                 self._used.pop(gid, None)
                 continue
-            used = float((view.state.stats_actual_bytes or view.state.actual_bytes) - stats.free)
             samples = self._used.get(gid, ())
             if not samples or samples[-1][0] != stats.time:
-                samples = (*samples[-1:], (stats.time, used))
+                samples = (*samples[-1:], (stats.time, float(stats.free)))
                 self._used[gid] = samples
             if len(samples) < 2 or snapshot.time - samples[-1][0] > STATS_FRESH:
                 continue
-            (t0, u0), (t1, u1) = samples
-            if t1 > t0 and u1 > u0:
-                rates[gid] = (u1 - u0) / (t1 - t0)
+            (t0, free0), (t1, free1) = samples
+            moved = any(t0 - BALLOON_QUIET <= at for at, _size in view.state.actual_changes)
+            if t1 > t0 and free1 < free0 and not moved:
+                rates[gid] = (free0 - free1) / (t1 - t0)
         return rates
 
     @staticmethod
