@@ -760,7 +760,7 @@ class EngineCore:
         settings = self.escalation
         host = snapshot.host
         if not settings.enabled or host.mem_total is None or host.mem_available is None:
-            self._short_since = self._idle_since = None
+            self._short_since = self._idle_since = self._calm_since = None
             return None
         reserve = settings.reserve_for(host.mem_total)
         fall_rate = max(0.0, float(host.readings.get(FALL_RATE_READING, 0.0)))

@@ -117,36 +117,34 @@ async def test_escalates_when_inflating_does_not_bring_the_host_back() -> None:
         assert "although balloons are being inflated" in seen.escalations[0].reason
 
 
+async def _escalations_over(steps: tuple[tuple[float, int], ...]) -> list[Escalation]:
+    """A guest with memory to take (always inflating); at each ``(time, MiB available)``
+    a MEDIUM host event."""
+    seen = Seen()
+    now = [100.0]
+    async with harness({"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
+                        "escalation": {"hold": "1s"}},
+                       guests={"a": (8 * GiB, 8 * GiB)}, clock=lambda: now[0],
+                       plugins=[(seen, "seen")]) as h:
+        for t, available in steps:
+            now[0] = t
+            short_host(h.engine, available * MiB)
+            h.host_event(PressureLevel.MEDIUM)
+            await h.settle()
+    return seen.escalations
+
+
 async def test_a_moment_above_the_reserve_does_not_restart_the_shortage() -> None:
     """Short while inflating from 100 s, back above the reserve for a second at 103 s,
     short again: still one episode, escalated at 105 s (5 x hold). A calm of 5 x hold
     ends the episode."""
-    seen = Seen()
-    now = [100.0]
-    guests = {"a": (8 * GiB, 8 * GiB)}
-    async with harness({"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
-                        "escalation": {"hold": "1s"}},
-                       guests=guests, clock=lambda: now[0], plugins=[(seen, "seen")]) as h:
-        for t, available in ((100.0, 10), (101.0, 10), (102.0, 10), (103.0, 2048),
-                             (104.0, 10), (105.0, 10)):
-            now[0] = t
-            short_host(h.engine, available * MiB)
-            h.host_event(PressureLevel.MEDIUM)
-            await h.settle()
-        assert len(seen.escalations) == 1
-        assert "host short for 5.0 s" in seen.escalations[0].reason
-    seen = Seen()
-    now = [100.0]
-    async with harness({"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
-                        "escalation": {"hold": "1s"}},
-                       guests=guests, clock=lambda: now[0], plugins=[(seen, "seen")]) as h:
-        for t, available in ((100.0, 10), (101.0, 10), (102.0, 2048), (107.0, 2048),
-                             (108.0, 10), (110.0, 10)):
-            now[0] = t
-            short_host(h.engine, available * MiB)
-            h.host_event(PressureLevel.MEDIUM)
-            await h.settle()
-        assert seen.escalations == []  # calm 102-108: a new episode from 108 s
+    escalations = await _escalations_over(((100.0, 10), (101.0, 10), (102.0, 10),
+                                           (103.0, 2048), (104.0, 10), (105.0, 10)))
+    assert len(escalations) == 1
+    assert "host short for 5.0 s" in escalations[0].reason
+    calm = await _escalations_over(((100.0, 10), (101.0, 10), (102.0, 2048), (107.0, 2048),
+                                    (108.0, 10), (110.0, 10)))
+    assert calm == []  # calm 102-108: a new episode from 108 s
 
 
 async def test_critical_pressure_counts_as_short_even_when_memory_looks_available() -> None:

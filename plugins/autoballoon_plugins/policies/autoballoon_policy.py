@@ -191,6 +191,11 @@ class Plan:
     def target(self, gid: GuestId) -> int:
         return self.moves.get(gid, self.views[gid].size)
 
+    def free_after_moves(self, gid: GuestId) -> float:
+        """The guest's free memory once the moves planned so far arrive."""
+        view = self.views[gid]
+        return max(0.0, (view.free or 0) - max(0, view.size - self.target(gid)))
+
     def move(self, gid: GuestId, target: int, reason: str) -> None:
         self.moves[gid] = target
         self.reasons.setdefault(gid, []).append(reason)
@@ -240,7 +245,7 @@ class AutoBalloonPolicy(Policy):
         self.name = name
         self.s = settings
         self._grants: dict[GuestId, list[Grant]] = {}
-        self._used: dict[GuestId, tuple[tuple[float, float], ...]] = {}
+        self._free_samples: dict[GuestId, tuple[tuple[float, float], ...]] = {}
         """Per guest, its last two statistics: (time, free memory)."""
 
     # -- round ---------------------------------------------------------------------
@@ -338,8 +343,7 @@ class AutoBalloonPolicy(Policy):
         movable: list[float] = []
         for view in plan.views.values():
             gid = view.state.id
-            free = max(0.0, (view.free or 0) - max(0, view.size - plan.target(gid))
-                       - cut.get(gid, 0.0))
+            free = max(0.0, plan.free_after_moves(gid) - cut.get(gid, 0.0))
             (movable if self._movable(view.state, plan.now) else held).append(free)
         if self.s.exposure_guests:
             movable = sorted(movable, reverse=True)[:self.s.exposure_guests]
@@ -358,9 +362,7 @@ class AutoBalloonPolicy(Policy):
         """
         growth = self._growth_rates(snapshot, plan)
         guests = min(host.fall, sum(growth.values()) * self.s.horizon)
-        growing_free = sum(
-            max(0.0, (plan.views[gid].free or 0) - max(0, plan.views[gid].size - plan.target(gid)))
-            for gid in growth)
+        growing_free = sum(plan.free_after_moves(gid) for gid in growth)
         return max(0.0, host.fall - guests + min(guests, growing_free) - self._exposure(plan))
 
     def _growth_rates(self, snapshot: Snapshot, plan: Plan) -> dict[GuestId, float]:
@@ -374,12 +376,12 @@ class AutoBalloonPolicy(Policy):
         for gid, view in plan.views.items():
             stats = view.state.stats
             if stats is None or stats.free is None:
-                self._used.pop(gid, None)
+                self._free_samples.pop(gid, None)
                 continue
-            samples = self._used.get(gid, ())
+            samples = self._free_samples.get(gid, ())
             if not samples or samples[-1][0] != stats.time:
                 samples = (*samples[-1:], (stats.time, float(stats.free)))
-                self._used[gid] = samples
+                self._free_samples[gid] = samples
             if len(samples) < 2 or snapshot.time - samples[-1][0] > STATS_FRESH:
                 continue
             (t0, free0), (t1, free1) = samples
