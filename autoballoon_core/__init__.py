@@ -18,6 +18,8 @@ from autoballoon_core.interfaces import (
 )
 from autoballoon_core.model import (
     FALL_RATE_READING,
+    GUEST_GROWTH_READING_PREFIX,
+    OTHERS_GROWTH_READING,
     Decision,
     Escalation,
     GiB,
@@ -33,6 +35,7 @@ from autoballoon_core.model import (
     Snapshot,
     Trigger,
     TriggerKind,
+    guest_growth_reading,
 )
 from autoballoon_core.options import (
     NoSettings,
@@ -57,6 +60,8 @@ from autoballoon_guest.agent import __version__
 
 __all__ = [
     "FALL_RATE_READING",
+    "GUEST_GROWTH_READING_PREFIX",
+    "OTHERS_GROWTH_READING",
     "ActuatorError",
     "Backend",
     "Decision",
@@ -87,6 +92,7 @@ __all__ = [
     "current_target",
     "duration",
     "flag",
+    "guest_growth_reading",
     "hookimpl",
     "integer",
     "level",

@@ -308,6 +308,7 @@ class EngineCore:
             state.target_start_bytes = None
         state.channel_path = info.channel_path
         state.min_bytes = max(0, info.min_bytes)
+        state.pid = info.pid
         self._apply_overrides(state, info)
         return state
 

@@ -15,6 +15,18 @@ GiB = 1024 * MiB
 FALL_RATE_READING = "memory.fall_rate_bytes"
 """Host reading (``HostState.readings``): bytes per second host available memory is
 falling, 0 when it rises. Published by the ``watermark`` source."""
+OTHERS_GROWTH_READING = "memory.others_growth_rate_bytes"
+"""Host reading: bytes per second the memory *not* held by a guest's QEMU grows (a host
+process, the host's own page cache), 0 when it shrinks: the part of the fall no guest
+explains. Published by the ``watermark`` source when it knows every guest's QEMU."""
+GUEST_GROWTH_READING_PREFIX = "memory.guest_growth_rate_bytes:"
+"""Host reading per guest, the prefix of ``<prefix><guest id>``: bytes per second the
+guest's QEMU grows in resident memory (0 when it shrinks)."""
+
+
+def guest_growth_reading(guest: str) -> str:
+    """The name of the reading of ``guest``'s growth (:data:`GUEST_GROWTH_READING_PREFIX`)."""
+    return GUEST_GROWTH_READING_PREFIX + guest
 
 GuestId = str
 """A guest's identity: ``"<backend>:<name>"``, unique within one daemon."""
@@ -97,6 +109,9 @@ class GuestInfo:
     min_bytes: int = 0
     """The smallest size the backend can reach (a guest resized by virtio-mem
     alone cannot go below its base memory); the guest's floor is never lower."""
+    pid: int | None = None
+    """The guest's QEMU process on this host, when the backend knows it: sources
+    read its resident memory to tell the guest's growth from a host process's."""
 
 
 @dataclass(slots=True)
@@ -138,6 +153,8 @@ class GuestState:
     channel_path: str | None = None
     min_bytes: int = 0
     """The smallest size the backend can reach (:attr:`GuestInfo.min_bytes`)."""
+    pid: int | None = None
+    """The guest's QEMU process (:attr:`GuestInfo.pid`)."""
 
     @property
     def balloon_bytes(self) -> int:

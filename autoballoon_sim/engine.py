@@ -38,7 +38,8 @@ from autoballoon_core.model import (
     Trigger,
     TriggerKind,
 )
-from autoballoon_plugins.sources.watermark import FallRate
+from autoballoon_plugins.sources.footprint import Footprint
+from autoballoon_plugins.sources.trend import FallRate
 from autoballoon_sim.model import HostModel
 
 SOURCE = "sim"
@@ -87,6 +88,7 @@ class SimEngine:
                                escalation=escalation or EscalationSettings(enabled=False))
         self.ids = [guest_id(i) for i in range(model.n)]
         self.index = {gid: i for i, gid in enumerate(self.ids)}
+        self.footprint = Footprint(trend_window, resident=lambda i: int(self.model.resident[i]))
         for i in range(model.n):
             self._appear(i)
         self.last_guest_event = np.full(model.n, float("-inf"))
@@ -105,13 +107,14 @@ class SimEngine:
     def _appear(self, i: int) -> None:
         size = int(self.model.max[i])
         self.core.guest_appeared(BACKEND, GuestInfo(self.ids[i], self.ids[i][4:], BACKEND, size,
-                                                    int(self.model.actual[i])))
+                                                    int(self.model.actual[i]), pid=i))
+        self.footprint.guest_added(self.ids[i], i)
 
     def _host_memory(self) -> tuple[int, int]:
         return int(self.model.total), int(max(0.0, self.model.available))
 
     def _readings(self) -> dict[str, float]:
-        return {FALL_RATE_READING: self.fall_rate.rate()}
+        return {FALL_RATE_READING: self.fall_rate.rate(), **self.footprint.readings()}
 
     def host_event(self, t: float, level: PressureLevel) -> None:
         self.core.event(PressureEvent(SOURCE, level, t))
@@ -138,8 +141,10 @@ class SimEngine:
     def step(self, t: float) -> None:
         m = self.model
         self.fall_rate.add(t, int(m.available))
+        self.footprint.add(t, int(m.available))
         for i in map(int, m.killed):
             self.core.guest_vanished(BACKEND, self.ids[i])
+            self.footprint.guest_removed(self.ids[i])
             self.was_pressured[i] = False
         for i in map(int, m.restarted):
             self._appear(i)

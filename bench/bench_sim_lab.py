@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoballoon_core.engine_core import EscalationSettings
 from autoballoon_core.model import PressureLevel
-from autoballoon_plugins.sources.watermark import FallRate, Thresholds, next_level, parse_amount
+from autoballoon_plugins.sources.trend import FallRate
+from autoballoon_plugins.sources.watermark import Thresholds, next_level, parse_amount
 from autoballoon_sim.engine import SimEngine
 from autoballoon_sim.model import HostModel, ModelParams
 from autoballoon_sim.runner import build_policy, make_config, policy_specs

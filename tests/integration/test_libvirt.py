@@ -245,6 +245,10 @@ async def test_discovers_running_domain_with_metadata(conn: Any, lab_guest: str)
         live = conn.lookupByName(lab_guest).XMLDesc(0)
         assert info.channel_path is not None and info.channel_path in live
         assert Path(info.channel_path).is_socket()
+        # the domain's QEMU, from libvirt's pid file
+        assert info.pid is not None
+        cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"qemu-system" in cmdline[0] and f"guest={lab_guest}".encode() in b" ".join(cmdline)
         # managed, so the backend set the stats period it reads at
         await rec.wait(lambda: "<stats period='1'/>" in
                        conn.lookupByName(lab_guest).XMLDesc(0), 10, "stats period 1 s")

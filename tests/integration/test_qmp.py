@@ -22,7 +22,16 @@ import pytest
 
 from autoballoon_core.engine import Engine
 from autoballoon_core.interfaces import ActuatorError
-from autoballoon_core.model import GuestInfo, GuestStats, MiB, Outcome, PressureEvent, PressureLevel
+from autoballoon_core.model import (
+    OTHERS_GROWTH_READING,
+    GuestInfo,
+    GuestStats,
+    MiB,
+    Outcome,
+    PressureEvent,
+    PressureLevel,
+    guest_growth_reading,
+)
 from autoballoon_core.plugins import collect, create_plugin_manager
 from autoballoon_core.testing import build_config
 from autoballoon_lab import GuestConfig, GuestImage, LabGuest, ensure_image
@@ -177,7 +186,7 @@ async def _qemu_actual(backend: QMPBackend, gid: str) -> int:
 async def test_glob_discovery_adopts_inflates_follows_and_reads_stats(
     qemu: StartGuest, backend_for: MakeBackend, run_dir: Path
 ) -> None:
-    qemu("qa", ready=True)
+    guest = qemu("qa", ready=True)
     inventory = RecordingInventory()
     backend = await backend_for(inventory)
     gid = "qmp:qa"
@@ -186,6 +195,7 @@ async def test_glob_discovery_adopts_inflates_follows_and_reads_stats(
     assert [i.id for i in inventory.appeared] == [gid]
     info = inventory.appeared[0]
     assert (info.name, info.backend) == ("qa", "qmp")
+    assert info.pid == guest.pid  # the QMP socket's peer
     assert info.max_bytes == MAX
     assert info.actual_bytes == await _qemu_actual(backend, gid) == MAX
     assert info.channel_path == str(run_dir / "qa.agent")
@@ -302,7 +312,7 @@ async def test_socket_closed_mid_command_raises_instead_of_hanging(
 
 
 async def test_real_engine_inflates_a_qmp_guest(qemu: StartGuest, run_dir: Path) -> None:
-    qemu("qe", ready=True)
+    guest = qemu("qe", ready=True)
     manager = create_plugin_manager()
     registry = collect(manager)
     config = build_config({
@@ -311,6 +321,8 @@ async def test_real_engine_inflates_a_qmp_guest(qemu: StartGuest, run_dir: Path)
         "policies": {"seed-levels": {"release_after": 0}},
         "backends": {"qmp": {"enabled": True, "glob": str(run_dir / "*.qmp"),
                              "stats_period": 1, "rescan_interval": 0.5}},
+        # host-wide and read-only: the guest's QEMU read with the host's memory
+        "sources": {"watermark": {"enabled": True, "period": 0.25}},
     }, registry)
     engine = Engine(config, manager, registry)
     await engine.start()
@@ -318,6 +330,11 @@ async def test_real_engine_inflates_a_qmp_guest(qemu: StartGuest, run_dir: Path)
         gid = "qmp:qe"
         state = engine.guests[gid]
         assert (state.max_bytes, state.actual_bytes) == (MAX, MAX)
+        assert state.pid == guest.pid
+        await asyncio.sleep(0.6)  # a few watermark readings
+        readings = engine.snapshot().host.readings
+        assert readings[guest_growth_reading(gid)] >= 0.0
+        assert OTHERS_GROWTH_READING in readings  # every guest's QEMU is known
         engine.emit(PressureEvent("test", PressureLevel.CRITICAL, time.monotonic()))
         deadline = time.monotonic() + WAIT
         while engine.guests[gid].actual_bytes > 256 * MiB + MiB or engine.guests[gid].stats is None:

@@ -56,7 +56,7 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     }
     assert asdict(config.sources["watermark"]) == {
         "period": 1.0, "low": "20%", "medium": "10%", "critical": "5%", "hysteresis": "2%",
-        "trend_window": 2.0, "horizon": 2.0, "cgroup": "",
+        "trend_window": 2.0, "horizon": 2.0, "cgroup": "", "guest_footprint": True,
     }
 
 

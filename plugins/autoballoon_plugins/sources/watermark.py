@@ -11,12 +11,15 @@ sees what the event sources cannot, a host (or cgroup) filling up *before*
 reclaim starts. While the level is above NONE it emits an event every
 period (so the engine's ``host_pressure_hold`` keeps the level alive); when
 it returns to NONE it emits one NONE event and then stays quiet.
+
+With each reading it samples the resident memory of every guest's QEMU whose
+process the backend knows (``guest_footprint``): the fall then splits into the
+guests' growth and a host process's (:mod:`.footprint`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,8 +36,16 @@ from autoballoon_core.interfaces import (
     Register,
     SourceUnavailable,
 )
-from autoballoon_core.model import FALL_RATE_READING, PressureEvent, PressureLevel
-from autoballoon_core.options import OptionError, Section, duration, parse_size, text
+from autoballoon_core.model import (
+    FALL_RATE_READING,
+    GuestId,
+    GuestState,
+    PressureEvent,
+    PressureLevel,
+)
+from autoballoon_core.options import OptionError, Section, duration, flag, parse_size, text
+from autoballoon_plugins.sources.footprint import Footprint, ResidentFn, resident_bytes
+from autoballoon_plugins.sources.trend import FallRate
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +114,10 @@ class WatermarkSettings(Section):
     cgroup: str = text(
         "", "Watch this memory cgroup (v1 limit/usage or v2 memory.max/current) instead of "
         "the whole host; empty: /proc/meminfo.")
+    guest_footprint: bool = flag(
+        True, "With each reading, read the resident memory of every guest's QEMU the "
+        "backend knows, to tell the guests' growth from a host process's (readings "
+        "memory.guest_growth_rate_bytes:GUEST and memory.others_growth_rate_bytes).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +188,11 @@ class WatermarkSource(PressureSource):
     def __init__(self, name: str, thresholds: Thresholds, period: float, cgroup: str,
                  reader: HostMemoryReader | None = None,
                  clock: Callable[[], float] = time.monotonic, *,
-                 trend_window: float = 2.0, horizon: float = 0.0) -> None:
+                 trend_window: float = 2.0, horizon: float = 0.0,
+                 footprint: bool = True, resident: ResidentFn = resident_bytes) -> None:
         self.name = name
         self.trend = FallRate(trend_window)
+        self.footprint = Footprint(trend_window, resident) if footprint else None
         self.horizon = horizon
         self.thresholds = thresholds
         self.period = period
@@ -195,7 +212,7 @@ class WatermarkSource(PressureSource):
                                 critical=parse_amount(s.critical),
                                 hysteresis=parse_amount(s.hysteresis))
         return cls(context.name, thresholds, s.period, s.cgroup,
-                   trend_window=s.trend_window, horizon=s.horizon)
+                   trend_window=s.trend_window, horizon=s.horizon, footprint=s.guest_footprint)
 
     async def open(self) -> None:
         if self.cgroup is not None:
@@ -244,6 +261,8 @@ class WatermarkSource(PressureSource):
         self.samples += 1
         previous = self.level
         self.trend.add(now, memory.available)
+        if self.footprint is not None:
+            self.footprint.add(now, memory.available)
         outlook = max(0, int(memory.available - self.trend.rate() * self.horizon))
         self.level = next_level(previous, outlook, memory.total, self.thresholds)
         if self.level != previous:
@@ -265,7 +284,16 @@ class WatermarkSource(PressureSource):
             f"{prefix}.total_bytes": float(memory.total),
             "watermark.level": float(self.level),
             FALL_RATE_READING: self.trend.rate(),
+            **(self.footprint.readings() if self.footprint is not None else {}),
         }
+
+    def guest_added(self, guest: GuestState) -> None:
+        if self.footprint is not None:
+            self.footprint.guest_added(guest.id, guest.pid)
+
+    def guest_removed(self, guest: GuestId) -> None:
+        if self.footprint is not None:
+            self.footprint.guest_removed(guest)
 
     def describe(self) -> Mapping[str, object]:
         total = self.last.total if self.last else None
@@ -284,28 +312,10 @@ class WatermarkSource(PressureSource):
             "thresholds_bytes": {level.name.lower(): n for level, n in limits.items()},
             "samples": self.samples,
             "events": self.events,
+            "guest_footprint": (None if self.footprint is None else {
+                "guests": len(self.footprint.pids),
+                "complete": self.footprint.complete}),
         }
-
-
-class FallRate:
-    """How fast a figure falls: bytes per second over a sliding window (0 when rising)."""
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
-
-    def add(self, now: float, value: int) -> None:
-        self._samples.append((now, value))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-
-    def rate(self) -> float:
-        if len(self._samples) < 2:
-            return 0.0
-        (t0, v0), (t1, v1) = self._samples[0], self._samples[-1]
-        if t1 - t0 <= 0:
-            return 0.0
-        return max(0.0, (v0 - v1) / (t1 - t0))
 
 
 def _percent(memory: HostMemory) -> float:

@@ -44,6 +44,10 @@ class LibvirtOptions(Section):
     workers: int = integer(
         2, "Threads for blocking libvirt calls (one domain never holds more than one).",
         minimum=1, maximum=16)
+    pid_dir: str = text(
+        "/run/libvirt/qemu", "Where libvirt's QEMU driver keeps each running domain's pid "
+        "file (NAME.pid): each guest's QEMU is read by the watermark source's footprint to "
+        "tell the guests' growth from a host process's; empty: not read.")
 
 
 class Libvirt(Backend):

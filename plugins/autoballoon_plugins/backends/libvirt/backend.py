@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from .domains import (
     guest_info,
     inspect_domain,
     list_and_inspect,
+    qemu_pid,
     requested_xml,
 )
 from .eventloop import ThreadSafeAsyncIOImpl, ensure_event_impl
@@ -94,6 +96,7 @@ class LibvirtBackend(Backend):
         self.reconnect_max = options.reconnect_max
         self.workers = options.workers
         self.virtio_mem = options.virtio_mem
+        self.pid_dir = options.pid_dir
         self.state = "stopped"
         self.counters = _Counters()
         self._domains: dict[str, _Domain] = {}
@@ -297,7 +300,8 @@ class LibvirtBackend(Backend):
             if domain.reported:
                 self._report_reachable(domain, False, "migrating")
             return
-        info = guest_info(self.name, facts, self.virtio_mem)
+        info = dataclasses.replace(guest_info(self.name, facts, self.virtio_mem),
+                                   pid=qemu_pid(self.pid_dir, name))
         domain.managed = facts.metadata.managed is not False
         domain.layout = facts.layout(self.virtio_mem)
         domain.actual = info.actual_bytes

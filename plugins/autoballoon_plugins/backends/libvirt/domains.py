@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -288,6 +289,18 @@ def metadata_xml(managed: bool | None = None, floor: str | None = None,
 
 def guest_id(backend: str, domain: str) -> GuestId:
     return f"{backend}:{domain}"
+
+
+def qemu_pid(pid_dir: str, name: str) -> int | None:
+    """The pid of a running domain's QEMU, from libvirt's pid file in ``pid_dir``."""
+    if not pid_dir or "/" in name or name.startswith("."):
+        return None
+    try:
+        with open(Path(pid_dir) / f"{name}.pid", "rb") as handle:
+            pid = int(handle.read(32).strip() or b"0")
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
 
 
 def guest_info(backend: str, facts: DomainFacts, virtio_mem: bool = True) -> GuestInfo:

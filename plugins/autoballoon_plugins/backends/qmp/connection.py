@@ -15,6 +15,8 @@ import contextlib
 import logging
 import math
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -103,6 +105,16 @@ class _CallbackListener(EventListener):
         return False
 
 
+def peer_pid(sock: socket.socket) -> int | None:
+    """The process at the other end of a connected Unix socket (``SO_PEERCRED``)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid if pid > 0 else None
+
+
 class QMPConnection:
     """A connected QMP session. Create with :meth:`open`; finish with :meth:`close`."""
 
@@ -111,10 +123,13 @@ class QMPConnection:
         client: _Client,
         socket_path: str,
         request_timeout: float,
+        pid: int | None = None,
     ) -> None:
         self.client = client
         self.socket_path = socket_path
         self.request_timeout = request_timeout
+        self.pid = pid
+        """The QEMU process at the other end (the socket's peer credentials)."""
         self.balloon_path: str | None = None
 
     @classmethod
@@ -138,8 +153,16 @@ class QMPConnection:
         if on_memory_device_change is not None:
             callbacks["MEMORY_DEVICE_SIZE_CHANGE"] = on_memory_device_change
         client.register_listener(_CallbackListener(callbacks))
-        await client.connect(socket_path)
-        return cls(client, socket_path, request_timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, socket_path)
+            pid = peer_pid(sock)
+            await client.connect(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(client, socket_path, request_timeout, pid)
 
     @property
     def connected(self) -> bool:

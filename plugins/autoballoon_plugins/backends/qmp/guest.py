@@ -231,7 +231,7 @@ class GuestRunner:
         self.inventory.guest_appeared(GuestInfo(
             id=self.id, name=self.name, backend=BACKEND, max_bytes=self.max_bytes,
             actual_bytes=self.actual_bytes, channel_path=self.channel_path,
-            min_bytes=self.layout.min_bytes,
+            min_bytes=self.layout.min_bytes, pid=connection.pid,
         ))
         if self.appeared:
             self.inventory.guest_reachable(self.id, True, "QMP reconnected")
