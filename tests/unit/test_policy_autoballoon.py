@@ -8,6 +8,7 @@ from test_policy_support import guest, make_policy, snapshot
 
 from autoballoon_core.model import (
     FALL_RATE_READING,
+    OTHERS_GROWTH_READING,
     GiB,
     HostState,
     MiB,
@@ -15,6 +16,7 @@ from autoballoon_core.model import (
     Snapshot,
     Trigger,
     TriggerKind,
+    guest_growth_reading,
 )
 
 TOTAL = 100 * GiB
@@ -39,11 +41,19 @@ def targets(decisions: list) -> dict[str, int]:  # type: ignore[type-arg]
     return {d.guest: d.target for d in decisions}
 
 
-def with_fall(snap: Snapshot, rate: float) -> Snapshot:
+def with_fall(snap: Snapshot, rate: float, **readings: float) -> Snapshot:
     host = snap.host
     return Snapshot(snap.time, HostState(host.level, host.level_since, host.mem_total,
-                                         host.mem_available, {FALL_RATE_READING: rate}),
+                                         host.mem_available,
+                                         {FALL_RATE_READING: rate, **readings}),
                     snap.guests)
+
+
+def with_footprint(snap: Snapshot, fall: float, others: float,
+                   growth: dict[str, float]) -> Snapshot:
+    """The watermark source's readings: the fall, the others' growth and each guest's."""
+    readings = {guest_growth_reading(g): rate for g, rate in growth.items()}
+    return with_fall(snap, fall, **{OTHERS_GROWTH_READING: others}, **readings)
 
 
 def test_nothing_happens_while_the_host_can_pay_every_promise() -> None:
@@ -480,3 +490,44 @@ def test_a_guests_growth_takes_cache_only_above_the_others_fair_shares() -> None
     out = targets(make_policy("autoballoon").decide(short, guest_event()))
     for gid in ("t:b", "t:c"):
         assert abs(out[gid] - (6 * GiB - 0.75 * GiB)) < 4 * MiB
+
+
+def _reading_guests() -> Snapshot:
+    """Two guests whose statistics are one sample old (the daemon cannot tell growth
+    from them yet): a reader with free memory and a bystander holding page cache."""
+    reader = guest("reader", 16 * GiB, 16 * GiB, free=10 * GiB, caches=GiB)
+    bystander = guest("bystander", 16 * GiB, 16 * GiB, free=64 * MiB, caches=4 * GiB)
+    return snapshot([reader, bystander], total=TOTAL, available=6 * GiB)
+
+
+def test_a_fall_the_guests_qemus_explain_takes_no_neighbours_cache_at_once() -> None:
+    """The reader's QEMU grows as fast as the host falls: the fall is the guests', known
+    before any statistics show it, and bounded by the reader's free memory after the
+    cut; the bystander keeps its page cache. The same fall with the QEMUs still (a host
+    process) is paid from page caches, in the same round."""
+    policy = make_policy("autoballoon")
+    decisions = policy.decide(with_footprint(_reading_guests(), float(GiB), 0.0,
+                                             {"t:reader": float(GiB), "t:bystander": 0.0}),
+                              tick())
+    assert "t:bystander" not in targets(decisions), decisions
+    assert all("page cache" not in d.reason for d in decisions)
+    policy = make_policy("autoballoon")
+    out = targets(policy.decide(with_footprint(_reading_guests(), float(GiB), float(GiB),
+                                               {"t:reader": 0.0, "t:bystander": 0.0}),
+                                tick()))
+    assert 16 * GiB - out["t:bystander"] > 512 * MiB
+
+
+def test_a_host_event_above_the_reserve_reclaims_when_a_host_process_grows() -> None:
+    """Within the band an event is believed when memory no QEMU holds grows by the
+    event's share within the horizon; not when the guests' QEMUs are what grows."""
+    policy = make_policy("autoballoon", horizon="3s")
+    guests = [guest("a", 8 * GiB, 8 * GiB, free=0, caches=4 * GiB)]
+    snap = snapshot(guests, total=TOTAL, available=RESERVE + 10 * MiB,
+                    level=PressureLevel.MEDIUM)
+    share = 0.01 * TOTAL  # medium_reclaim_percent
+    process = with_footprint(snap, share / 2, share / 2, {"t:a": 0.0})  # 1.5 shares in 3 s
+    [decision] = policy.decide(process, host_event(PressureLevel.MEDIUM))
+    assert 8 * GiB - decision.target >= int(share) - MiB
+    guest_grows = with_footprint(snap, share / 2, 0.0, {"t:a": share / 2})
+    assert policy.decide(guest_grows, host_event(PressureLevel.MEDIUM)) == []

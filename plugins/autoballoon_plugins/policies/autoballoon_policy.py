@@ -63,6 +63,7 @@ from autoballoon_core.guard import current_target, fair_shares, under_pressure
 from autoballoon_core.interfaces import Register
 from autoballoon_core.model import (
     FALL_RATE_READING,
+    OTHERS_GROWTH_READING,
     Decision,
     GuestId,
     GuestState,
@@ -71,6 +72,7 @@ from autoballoon_core.model import (
     Snapshot,
     Trigger,
     TriggerKind,
+    guest_growth_reading,
 )
 from autoballoon_plugins.policies._policy_common import guest_free_now, host_figures, mib
 from autoballoon_plugins.policies._policy_fill import water_fill
@@ -282,13 +284,7 @@ class AutoBalloonPolicy(Policy):
         deficit = max(0.0, -short.headroom)
         if not self.s.free_page_reporting:
             deficit = max(0.0, deficit - cut)  # free pages once touched are resident
-        # a host event above the reserve is the kernel reclaiming its own file cache in
-        # the cgroup: in the lab, events at 99-140 MiB available of 1536 each cost the
-        # guests 15-46 MiB of page cache for nothing while MemAvailable covered the reserve
-        if trigger.kind is TriggerKind.HOST_PRESSURE and host.available < host.reserve:
-            share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
-                     PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0)
-            deficit = max(deficit, share * host.total)
+        deficit = max(deficit, self._event_minimum(snapshot, trigger, host))
         unpaid = self._unpaid(plan, asks, granted)
         if deficit > 0 or unpaid > 0:
             left = self._reclaim_cache(snapshot, plan, short, deficit, critical)
@@ -302,6 +298,24 @@ class AutoBalloonPolicy(Policy):
         if spare > self.s.band_percent * host.total and not asks:
             self._give_back(plan, host, spare - self.s.band_percent * host.total / 2)
         return self._decisions(plan)
+
+    def _event_minimum(self, snapshot: Snapshot, trigger: Trigger, host: HostView) -> float:
+        """The least a MEDIUM or CRITICAL host event reclaims: when the host is below its
+        reserve, or when memory that no guest's QEMU holds grows by that much within the
+        horizon (a host process). Above the reserve with the guests growing, an event is
+        the kernel reclaiming its own file cache in the cgroup: in the lab, events at
+        99-140 MiB available of 1536 each cost the guests 15-46 MiB of page cache for
+        nothing while MemAvailable covered the reserve."""
+        if trigger.kind is not TriggerKind.HOST_PRESSURE:
+            return 0.0
+        share = {PressureLevel.MEDIUM: self.s.medium_reclaim_percent,
+                 PressureLevel.CRITICAL: self.s.critical_reclaim_percent}.get(trigger.level, 0.0)
+        least = share * host.total
+        others = self._others_fall(snapshot, host)
+        if host.available < host.reserve or (others is not None and least > 0
+                                              and others >= least):
+            return least
+        return 0.0
 
     # -- what the round sees ------------------------------------------------------------
 
@@ -353,27 +367,47 @@ class AutoBalloonPolicy(Policy):
     def _fall_beyond_guests(self, snapshot: Snapshot, plan: Plan, host: HostView) -> float:
         """The part of the expected fall the page caches must pay for now.
 
-        The fall is split by the guests' own growth, as their statistics show it: the
-        growing guests' part is bounded by the free memory they still have after this
-        round's cuts (a guest that has used its free memory drops its own page cache,
-        which the host does not see), and the part the exposure already covers is not
-        counted twice. The rest (a host process, or guests without fresh statistics) is
-        planned for beyond the exposure, as before.
+        The fall is split into the guests' own growth and the rest (a host process).
+        The growing guests' part is bounded by the free memory they still have after
+        this round's cuts (a guest that has used its free memory drops its own page
+        cache, which the host does not see), and the part the exposure already covers
+        is not counted twice. The rest is planned for beyond the exposure.
         """
         growth = self._growth_rates(snapshot, plan)
-        guests = min(host.fall, sum(growth.values()) * self.s.horizon)
+        others = self._others_fall(snapshot, host)
+        if others is None:  # the guests' growth from their statistics
+            others = host.fall - min(host.fall, sum(growth.values()) * self.s.horizon)
+        guests = host.fall - others
         growing_free = sum(plan.free_after_moves(gid) for gid in growth)
-        return max(0.0, host.fall - guests + min(guests, growing_free) - self._exposure(plan))
+        return max(0.0, others + min(guests, growing_free) - self._exposure(plan))
+
+    def _others_fall(self, snapshot: Snapshot, host: HostView) -> float | None:
+        """The part of the expected fall that no guest's QEMU explains (a host process,
+        the host's own page cache), from the sources' footprint reading; None without
+        it."""
+        rate = snapshot.host.readings.get(OTHERS_GROWTH_READING)
+        if rate is None:
+            return None
+        return min(host.fall, max(0.0, float(rate)) * self.s.horizon)
 
     def _growth_rates(self, snapshot: Snapshot, plan: Plan) -> dict[GuestId, float]:
-        """Bytes per second each growing guest's free memory fell between its last two
-        statistics: only guests whose latest statistics are fresh and whose balloon did
-        not move from a second before the first to the second (a move changes free
-        memory too, and statistics are dated to the second: in the lab a cut paired with
-        the wrong size looked like a guest growing at 100 MiB/s while a host process
-        was taking the memory)."""
+        """Bytes per second each growing guest takes.
+
+        Where a source reads the guest's QEMU (its resident memory growing), that is
+        the rate: it shows at once. Otherwise the guest's free memory falling between
+        its last two statistics: only guests whose latest statistics are fresh and
+        whose balloon did not move from a second before the first to the second (a
+        move changes free memory too, and statistics are dated to the second: in the
+        lab a cut paired with the wrong size looked like a guest growing at 100 MiB/s
+        while a host process was taking the memory)."""
+        readings = snapshot.host.readings
         rates: dict[GuestId, float] = {}
         for gid, view in plan.views.items():
+            seen = readings.get(guest_growth_reading(gid))
+            if seen is not None:
+                if seen > 0:
+                    rates[gid] = float(seen)
+                continue
             stats = view.state.stats
             if stats is None or stats.free is None:
                 self._free_samples.pop(gid, None)
