@@ -45,6 +45,7 @@ from autoballoon_core.model import (
     GuestState,
     GuestStats,
     HostState,
+    MiB,
     Origin,
     Outcome,
     PressureEvent,
@@ -71,6 +72,8 @@ log = logging.getLogger("autoballoon.engine")
 DecideFn = Callable[[Snapshot, Trigger], list[Decision]]
 STUCK_FACTOR = 5
 """Short this many times ``[escalation] hold`` while inflating escalates too."""
+FALLING_RATE = float(MiB)
+"""Bytes per second from which host memory counts as falling (below: noise)."""
 HostMemoryFn = Callable[[], "tuple[int, int] | None"]
 ReadingsFn = Callable[[], Mapping[str, float]]
 NoticeFn = Callable[[dict[str, Any]], None]
@@ -754,7 +757,8 @@ class EngineCore:
         time). It escalates when
         the host stays short for ``hold`` with nothing being taken (no inflation
         launched, none on its way), or for ``STUCK_FACTOR`` times ``hold`` whatever
-        is being taken: inflations that do not bring the host back are not help.
+        is being taken while it is below the reserve or still falling: inflations that
+        do not bring the host back are not help.
         A shortage episode ends only after the host was not short for
         ``STUCK_FACTOR`` times ``hold``.
         """
@@ -791,7 +795,11 @@ class EngineCore:
         elif self._idle_since is None:
             self._idle_since = now
         idle = self._idle_since is not None and now - self._idle_since >= settings.hold
-        stuck = now - self._short_since >= STUCK_FACTOR * settings.hold
+        # CRITICAL above the reserve while balloons are inflated and the host does not
+        # fall is the kernel reclaiming its own file cache, and the inflations help: in
+        # the lab, hosts with 64-106 MiB of 1536 available escalated so, losing nothing
+        stuck = ((outlook < reserve or fall_rate >= FALLING_RATE)
+                 and now - self._short_since >= STUCK_FACTOR * settings.hold)
         if not (idle or stuck):
             return None
         last = self.last_escalation

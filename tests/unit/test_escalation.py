@@ -117,21 +117,35 @@ async def test_escalates_when_inflating_does_not_bring_the_host_back() -> None:
         assert "although balloons are being inflated" in seen.escalations[0].reason
 
 
-async def _escalations_over(steps: tuple[tuple[float, int], ...]) -> list[Escalation]:
+async def _escalations_over(steps: tuple[tuple[float, int], ...],
+                            level: PressureLevel = PressureLevel.MEDIUM,
+                            fall_rate: float = 0.0) -> list[Escalation]:
     """A guest with memory to take (always inflating); at each ``(time, MiB available)``
-    a MEDIUM host event."""
+    a host event at ``level``, host memory falling at ``fall_rate`` by the trend."""
     seen = Seen()
     now = [100.0]
     async with harness({"engine": {"policy": "seed-fixed", "coalesce_interval": 0},
                         "escalation": {"hold": "1s"}},
                        guests={"a": (8 * GiB, 8 * GiB)}, clock=lambda: now[0],
                        plugins=[(seen, "seen")]) as h:
+        h.engine.core.readings = lambda: {FALL_RATE_READING: fall_rate}
         for t, available in steps:
             now[0] = t
             short_host(h.engine, available * MiB)
-            h.host_event(PressureLevel.MEDIUM)
+            h.host_event(level)
             await h.settle()
     return seen.escalations
+
+
+async def test_critical_while_inflating_is_stuck_only_while_the_host_falls() -> None:
+    """CRITICAL with memory above the reserve while balloons are inflated is the kernel
+    reclaiming its own file cache, and the inflations help (in the lab such hosts lost
+    nothing); still falling, it is stuck."""
+    steps = tuple((100.0 + t, 400) for t in range(8))  # above the 122 MiB reserve
+    assert await _escalations_over(steps, PressureLevel.CRITICAL) == []
+    falling = await _escalations_over(steps, PressureLevel.CRITICAL, fall_rate=10 * MiB)
+    assert len(falling) == 1
+    assert "although balloons are being inflated" in falling[0].reason
 
 
 async def test_a_moment_above_the_reserve_does_not_restart_the_shortage() -> None:
