@@ -531,3 +531,21 @@ def test_a_host_event_above_the_reserve_reclaims_when_a_host_process_grows() -> 
     assert 8 * GiB - decision.target >= int(share) - MiB
     guest_grows = with_footprint(snap, share / 2, 0.0, {"t:a": share / 2})
     assert policy.decide(guest_grows, host_event(PressureLevel.MEDIUM)) == []
+
+
+def test_growing_guests_free_memory_is_capped_before_any_page_cache_is_taken() -> None:
+    """Session 10's lab: three guests read their disks at a run's start, their QEMUs
+    growing 203 MiB/s together, 449 MiB available of 1536. Capping the readers' free
+    memory covers the expected fall; no page cache goes (before, 18 MiB short took all
+    of one reader's free memory, and it then dropped 72 MiB of what it had read)."""
+    frees = {"r1": 449 * MiB, "r2": 457 * MiB, "r3": 417 * MiB}
+    guests = [guest(name, 640 * MiB, 640 * MiB, floor=256 * MiB, free=free,
+                    caches=115 * MiB) for name, free in frees.items()]
+    snap = with_footprint(snapshot(guests, total=1536 * MiB, available=449 * MiB),
+                          203 * MiB, 0.0, {f"t:{name}": 68 * MiB for name in frees})
+    decisions = make_policy("autoballoon").decide(snap, host_event(PressureLevel.MEDIUM))
+    assert decisions
+    assert all("page cache" not in d.reason for d in decisions), [d.reason for d in decisions]
+    assert any("which bounds its growth" in d.reason for d in decisions)
+    for d in decisions:  # every reader keeps free memory to go on reading into
+        assert frees[d.guest[2:]] - (640 * MiB - d.target) >= KEEP_FREE
