@@ -549,3 +549,33 @@ def test_growing_guests_free_memory_is_capped_before_any_page_cache_is_taken() -
     assert any("which bounds its growth" in d.reason for d in decisions)
     for d in decisions:  # every reader keeps free memory to go on reading into
         assert frees[d.guest[2:]] - (640 * MiB - d.target) >= KEEP_FREE
+
+
+def test_a_growing_guest_with_no_free_memory_to_cap_leaves_the_deficit_to_page_cache() -> None:
+    """Session 10's lab: a growing guest already at guest_keep_free has nothing to cap;
+    the policy went on to page cache instead of failing the round (it raised KeyError
+    and decided nothing in six of the campaign's runs)."""
+    guests = [guest(name, 640 * MiB, 640 * MiB, floor=256 * MiB, free=KEEP_FREE,
+                    caches=300 * MiB) for name in ("r1", "r2")]
+    snap = with_footprint(snapshot(guests, total=1536 * MiB, available=100 * MiB),
+                          200 * MiB, 0.0, {"t:r1": 100 * MiB, "t:r2": 100 * MiB})
+    decisions = make_policy("autoballoon").decide(snap, host_event(PressureLevel.MEDIUM))
+    assert decisions
+    assert any("page cache" in d.reason for d in decisions), [d.reason for d in decisions]
+
+
+def test_a_host_process_growing_is_paid_from_page_cache_not_from_the_guests_free_memory() -> None:
+    """Session 10's host claim: idle guests with free memory (already the host's under
+    free page reporting) and page cache; a host process takes 94 MiB/s. Its whole
+    expected fall beyond the available memory is taken from page cache: the guests'
+    free memory offset it before, and the job was OOM-killed."""
+    guests = [guest(name, 640 * MiB, 610 * MiB, floor=256 * MiB, free=240 * MiB,
+                    caches=200 * MiB) for name in ("a", "b", "c")]
+    snap = with_footprint(snapshot(guests, total=1536 * MiB, available=268 * MiB),
+                          94 * MiB, 94 * MiB, {f"t:{n}": 0.0 for n in "abc"})
+    decisions = make_policy("autoballoon", horizon="3s").decide(
+        snap, host_event(PressureLevel.MEDIUM))
+    reserve = 0.05 * 1536 * MiB
+    expected = reserve + 3 * 94 * MiB - 268 * MiB  # 91 MiB short
+    cache_taken = sum(610 * MiB - d.target - (240 * MiB - KEEP_FREE) for d in decisions)
+    assert abs(cache_taken - expected) < 4 * MiB, [d.reason for d in decisions]
