@@ -36,6 +36,7 @@ def domain_xml(
     virtio_mem: VirtioMemConfig | None = None,
     balloon: bool = True,
     partition: str | None = None,
+    domain_type: str = "qemu",
 ) -> str:
     """A ``type='qemu'`` domain booting the lab kernel/initrd directly.
 
@@ -48,9 +49,10 @@ def domain_xml(
     (libvirt requires a NUMA cell for memory devices); ``memory_mib`` is then
     the base memory. ``balloon=False`` leaves the balloon out (``model='none'``).
     ``partition`` is libvirt's resource partition (``/machine/NAME``: on a
-    systemd host, the slice ``machine-NAME.slice``).
+    systemd host, the slice ``machine-NAME.slice``). ``domain_type='kvm'``
+    runs it under KVM instead of software emulation.
     """
-    domain = ET.Element("domain", type="qemu")
+    domain = ET.Element("domain", type=domain_type)
     _sub(domain, "name", name)
     if metadata is not None:
         _sub(domain, "metadata").append(metadata)

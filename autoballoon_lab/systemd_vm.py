@@ -18,6 +18,7 @@ CLI (``python -m autoballoon_lab.systemd_vm``)::
     start --state-dir DIR          boot, wait for SSH, print the connection as JSON
           [--suite trixie]         ... a Debian root of that release instead of this machine's
           [--share DIR]            ... with this machine's DIR visible at the same path
+          [--kvm]                  ... with /dev/kvm (KVM on QEMU's emulated AMD SVM)
     stop --state-dir DIR           stop the VM this state dir started (by PID)
 """
 
@@ -47,8 +48,12 @@ from .kmod import ModuleTree, decompressed
 from .paths import cache_dir, repo_root
 from .prereq import PROGRAMS
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 MODULES = (*WANTED_MODULES, "failover", "net_failover", "virtio_net", "overlay")
+KVM_MODULES = ("kvm_amd",)
+"""Loaded only with ``kvm=True``: QEMU's software emulation offers AMD's SVM, with
+nested paging, to ``-cpu max``, so the VM's own KVM can run nested guests: their code
+is then translated once (by the outer QEMU), not by a QEMU translating a QEMU."""
 GUEST_PORT = 22
 DEFAULT_MEMORY_MIB = 1536
 DEFAULT_CPUS = 2
@@ -74,6 +79,11 @@ fail() { say "error $*"; sleep 5; poweroff -f; }
 for module in $(cat /lib/modules/load-order); do
     insmod "/lib/modules/$module.ko" || say "warning insmod $module failed"
 done
+if [ "$(param ab.kvm)" = 1 ]; then
+    for module in $(cat /lib/modules/load-order-kvm); do
+        insmod "/lib/modules/$module.ko" || say "warning insmod $module failed"
+    done
+fi
 mkdir -p /lower /upper /newroot
 # cache=loose: the guest keeps what it read of the root (the root does not change under a
 # running VM: molecule's wheels are built before the boot); without it every lookup and
@@ -105,6 +115,11 @@ for keep in $(param ab.keep | tr , ' '); do
             || say "warning: cannot keep $keep visible"
     fi
 done
+# /dev/kvm as udev would leave it (the VM may run no udev): the kvm group's, 0660.
+if [ -c /dev/kvm ]; then
+    kvm_gid=$(grep '^kvm:' "$R/etc/group" | cut -d: -f3)
+    [ -n "$kvm_gid" ] && chgrp "$kvm_gid" /dev/kvm && chmod 0660 /dev/kvm
+fi
 name=$(param ab.hostname || echo autoballoon-vm)
 echo "$name" >"$R/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$name" >"$R/etc/hosts"
@@ -170,7 +185,8 @@ class Connection:
 
 def _key(busybox: Path, package: str) -> str:
     digest = hashlib.sha256()
-    for part in (FORMAT_VERSION, INIT_SCRIPT, ",".join(MODULES), package):
+    for part in (FORMAT_VERSION, INIT_SCRIPT, ",".join(MODULES), ",".join(KVM_MODULES),
+                 package):
         digest.update(part.encode() + b"\0")
     digest.update(hashlib.sha256(busybox.read_bytes()).digest())
     return digest.hexdigest()[:20]
@@ -220,11 +236,15 @@ def _initramfs(tree: ModuleTree, busybox: Path) -> CpioArchive:
     archive.add_chardev("dev/null", 1, 3, 0o666)
     archive.add_file("bin/busybox", busybox.read_bytes(), 0o755)
     archive.add_symlink("bin/sh", "busybox")
-    names = []
-    for module in tree.load_order(MODULES):
-        archive.add_file(f"lib/modules/{module.name}.ko", decompressed(module.path))
-        names.append(module.name)
-    archive.add_file("lib/modules/load-order", ("\n".join(names) + "\n").encode())
+    names: list[str] = []
+    for order, wanted in (("load-order", MODULES), ("load-order-kvm", KVM_MODULES)):
+        listed = []
+        for module in tree.load_order(wanted):
+            if module.name not in names:
+                archive.add_file(f"lib/modules/{module.name}.ko", decompressed(module.path))
+                names.append(module.name)
+                listed.append(module.name)
+        archive.add_file(f"lib/modules/{order}", ("\n".join(listed) + "\n").encode())
     archive.add_file("init", INIT_SCRIPT.encode(), 0o755)
     return archive
 
@@ -307,13 +327,14 @@ def unavailable_reason() -> str | None:
 def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFAULT_CPUS,
           upper_size: str = DEFAULT_UPPER_SIZE, hostname: str = "autoballoon-vm",
           timeout: float = BOOT_TIMEOUT, root: Path = Path("/"),
-          shares: Sequence[Path] = ()) -> Connection:
+          shares: Sequence[Path] = (), kvm: bool = False) -> Connection:
     """Boot the VM (QEMU daemonized, PID in ``state/qemu.pid``) and wait for SSH.
 
     ``root`` is the root file system it boots (default: this machine's);
     ``shares`` are directories of this machine it sees at the same paths
     (read-only; with this machine's root every directory outside ``/tmp`` is
-    seen anyway).
+    seen anyway). ``kvm`` loads :data:`KVM_MODULES` before systemd starts: the
+    VM has ``/dev/kvm`` (group ``kvm``) for libvirt domains of ``type='kvm'``.
     """
     reason = unavailable_reason()
     if reason:
@@ -333,6 +354,8 @@ def start(state: Path, *, memory_mib: int = DEFAULT_MEMORY_MIB, cpus: int = DEFA
     kept = kept_paths(shares, own_root)
     if kept:
         cmdline += f" ab.keep={','.join(kept)}"
+    if kvm:
+        cmdline += " ab.kvm=1"
     host_share: list[str] = []
     if own_root:
         cmdline += " ab.hostfs=1"
@@ -440,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     begin.add_argument("--cpus", type=int, default=DEFAULT_CPUS)
     begin.add_argument("--hostname", default="autoballoon-vm")
     begin.add_argument("--timeout", type=float, default=BOOT_TIMEOUT)
+    begin.add_argument("--kvm", action="store_true",
+                       help="give the VM /dev/kvm (its KVM on QEMU's emulated SVM)")
     begin.add_argument("--suite", help="boot a Debian root of this release (e.g. trixie), "
                                        "built once with debootstrap, instead of this machine's")
     begin.add_argument("--share", type=Path, action="append", default=[],
@@ -457,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = debian_root.ensure_root(args.suite) if args.suite else Path("/")
             connection = start(args.state_dir.resolve(), memory_mib=args.memory,
                                cpus=args.cpus, hostname=args.hostname, timeout=args.timeout,
-                               root=root, shares=args.share)
+                               root=root, shares=args.share, kvm=args.kvm)
             print(json.dumps({**asdict(connection),
                               "boot_seconds": round(time.monotonic() - started, 1)}))
         else:
