@@ -9,11 +9,11 @@ Each test runs one check of :mod:`autoballoon_lab.slice_checks` in the VM over
 SSH, in a ``machine-<name>.slice`` with a memory limit (pressure only inside
 it), and asserts on the JSON it prints. The VM has ``/dev/kvm`` (its KVM runs on
 the AMD SVM that QEMU's software emulation offers), so the nested libvirt guest, the
-tiny lab guest, runs under KVM and boots in 11-15 s: under software emulation
+tiny lab guest, runs under KVM and boots in 10-15 s: under software emulation
 inside software emulation it took many minutes. The same boot shows the VM's
 private ``/tmp`` (a file put in this machine's ``/tmp`` before the boot is not in
-the VM's). Time on the 2-core machine, idle or beside two busy loops: 88-121 s
-(VM up in 26-32 s, the libvirt check 36-54 s, of which 11-15 s are the nested
+the VM's). Time on the 2-core machine, idle or beside two busy loops: 81-121 s
+(VM up in 22-32 s, the libvirt check 33-54 s, of which 10-15 s are the nested
 guest's boot, the others 4-13 s each). Earlier runs on a machine busy with other
 test runs took about 6 minutes (VM boot 2.5-3 min).
 """
