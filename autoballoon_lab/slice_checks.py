@@ -62,6 +62,12 @@ class _Clock:
         return round((time.monotonic() if moment is None else moment) - self.start, 2)
 
 
+def _mark(steps: dict[str, float], name: str, clock: _Clock) -> None:
+    """Record a step of a check, and say it on stderr (the check's progress)."""
+    steps[name] = clock()
+    print(f"slice_checks: {name} at {steps[name]} s", file=sys.stderr, flush=True)
+
+
 def _event(event: PressureEvent, clock: _Clock) -> dict[str, Any]:
     return {"level": event.level.name.lower(), "value": event.value, "at": clock(event.time)}
 
@@ -200,7 +206,7 @@ def check_balloon(name: str, guest_mib: int, headroom_mib: int, hog_mib: int,
     if kvm and not Path("/dev/kvm").exists():
         raise LabUnavailable("no /dev/kvm for a domain of type 'kvm'")
     conn = libvirt.open(URI)
-    steps["libvirt_connect"] = clock()
+    _mark(steps, "libvirt_connect", clock)
     domain = None
     try:
         with MachineSlice(name, 4096 * MIB) as machine:
@@ -209,14 +215,14 @@ def check_balloon(name: str, guest_mib: int, headroom_mib: int, hog_mib: int,
                                  partition=machine.partition, free_page_reporting=False,
                                  domain_type="kvm" if kvm else "qemu")
                 domain = conn.createXML(xml, 0)
-                steps["domain_created"] = clock()
+                _mark(steps, "domain_created", clock)
                 report["domain_cgroup"] = _cgroup_of(int(Path(
                     f"/run/libvirt/qemu/{domain_name}.pid").read_text()))
                 if guest_wait > 0:
                     if not _wait_for_text(console, READY, guest_wait):
                         raise TimeoutError(f"the guest did not print {READY!r} within "
                                            f"{guest_wait:g} s:\n{_tail(console)}")
-                    steps["guest_ready"] = clock()
+                    _mark(steps, "guest_ready", clock)
                 usage = machine.usage()
                 machine.set_limit(usage + headroom_mib * MIB)
                 report["slice"] = {"cgroup": str(machine.path), "usage_at_boot": usage,
@@ -225,16 +231,16 @@ def check_balloon(name: str, guest_mib: int, headroom_mib: int, hog_mib: int,
                 daemon = DaemonProcess(run_dir, config)
                 try:
                     daemon.start(timeout=timeout)
-                    steps["daemon_ready"] = clock()
+                    _mark(steps, "daemon_ready", clock)
                     maximum = domain.maxMemory() * 1024
                     before = _actual(domain)
                     machine.start_hog(hog_mib, rate_mib_s=rate_mib_s)
-                    steps["hog_started"] = clock()
+                    _mark(steps, "hog_started", clock)
                     deadline = time.monotonic() + timeout
                     while not _inflates(daemon.audit()) and time.monotonic() < deadline:
                         time.sleep(0.5)
-                    steps["inflate_applied" if _inflates(daemon.audit()) else "gave_up"] = \
-                        clock()
+                    _mark(steps, "inflate_applied" if _inflates(daemon.audit()) else "gave_up",
+                          clock)
                     lowest = None
                     if guest_wait > 0:
                         lowest = _follow_balloon(domain, daemon, maximum, deadline, steps,
@@ -329,11 +335,11 @@ def _follow_balloon(domain: Any, daemon: DaemonProcess, maximum: int, deadline: 
     while True:
         actual = _actual(domain)
         if actual < maximum and "balloon_moved" not in steps:
-            steps["balloon_moved"] = clock()
+            _mark(steps, "balloon_moved", clock)
         targets = [int(action["target"]) for action in _inflates(daemon.audit())]
         lowest = min(targets, default=None)
         if lowest is not None and actual <= lowest + AT_TARGET:
-            steps["balloon_at_target"] = clock()
+            _mark(steps, "balloon_at_target", clock)
             return lowest
         if time.monotonic() > deadline:
             return lowest

@@ -32,7 +32,8 @@ from typing import Any
 
 import pytest
 
-from autoballoon_lab import systemd_vm
+from autoballoon_lab import systemd_vm, vm_job
+from autoballoon_lab.errors import LabError
 from autoballoon_lab.image import ensure_image
 from autoballoon_lab.paths import cache_dir, repo_root
 from autoballoon_lab.prereq import require, require_busybox, require_root
@@ -85,16 +86,24 @@ def _python(*args: str) -> str:
 
 
 def _check(vm: systemd_vm.Connection, *args: str, timeout: float) -> dict[str, Any]:
+    """One check of :mod:`autoballoon_lab.slice_checks` in the VM, as a service there
+    (:mod:`autoballoon_lab.vm_job`); its JSON report. A failure shows the check's
+    progress (its stderr) and what the VM says about itself."""
+    check = next(a for a in args if a in ("psi", "watermark", "lab-cgroup", "balloon"))
     started = time.monotonic()
     try:
-        result = systemd_vm.ssh(vm, _python("-m", "autoballoon_lab.slice_checks", *args),
-                                timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"slice_checks {' '.join(args)} took over {timeout:g} s")
-    assert result.returncode == 0, f"slice_checks {' '.join(args)} failed:\n{result.stderr}"
+        result = vm_job.run(vm, f"slice-check-{check}",
+                            _python("-m", "autoballoon_lab.slice_checks", *args),
+                            timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"slice_checks {' '.join(args)} took over {timeout:g} s:\n"
+                    f"{exc.stderr}\n{vm_job.diagnostics(vm)}")
+    except LabError as exc:
+        pytest.fail(f"slice_checks {' '.join(args)}: {exc}\n{vm_job.diagnostics(vm)}")
+    assert result.returncode == 0, (f"slice_checks {' '.join(args)} failed:\n{result.stderr}"
+                                    f"\n{vm_job.diagnostics(vm)}")
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     report["wall_seconds"] = round(time.monotonic() - started, 1)
-    check = next(a for a in args if a in ("psi", "watermark", "lab-cgroup", "balloon"))
     print(f"slice_checks {check}: {report['wall_seconds']} s")
     return report
 
