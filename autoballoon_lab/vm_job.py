@@ -50,10 +50,13 @@ def run(connection: Connection, name: str, command: str, *,
 
     Raises ``subprocess.TimeoutExpired`` (after stopping the unit, with what the
     command wrote so far) when it has not ended within ``timeout`` seconds, and
-    :class:`LabError` when SSH to the VM failed :data:`SSH_FAILURES_ALLOWED` times
-    in a row.
+    :class:`LabError` when it did not start or SSH to the VM failed
+    :data:`SSH_FAILURES_ALLOWED` times in a row.
     """
-    ssh(connection, job_script(name, command), timeout=120)
+    started = ssh(connection, job_script(name, command), timeout=120, check=False)
+    if started.returncode != 0:
+        raise LabError(f"job {name} did not start (exit {started.returncode}): "
+                       f"{started.stderr.strip()}")
     directory = f"{JOBS}/{name}"
     marker = f"--- autoballoon job {secrets.token_hex(8)} stderr ---"
     deadline = time.monotonic() + timeout
