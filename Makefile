@@ -76,6 +76,7 @@ molecule: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tools
 
 # the option tables and the hook reference in docs/ (a unit test checks them)
 docs: deps

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoballoon_core import config, hookspecs
-from autoballoon_core.options import Kind, Option, options_of
+from autoballoon_core.options import Kind, Option, Section, options_of
 from autoballoon_core.plugins import Registry, collect, create_plugin_manager
 
 MiB = 1 << 20
@@ -85,7 +85,8 @@ def render_reference(tables: dict[str, list[str]], registry: Registry) -> str:
         "Sizes take a unit (`\"16MiB\"`, `\"1G\"`, bytes without one), durations too "
         "(`\"500ms\"`, `\"2s\"`, `\"1min\"`, seconds without one).", "",
     ]
-    sections = [*config.SECTIONS.items(), ('guests."PATTERN"', config.GuestOverride)]
+    sections: list[tuple[str, type[Section]]] = [
+        *config.SECTIONS.items(), ('guests."PATTERN"', config.GuestOverride)]
     renamed = {new: old for old, new in config.RENAMED_SECTIONS.items()}
     for section, schema in sections:
         lines += [f"## [{section}]", ""]
