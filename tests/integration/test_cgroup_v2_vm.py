@@ -14,8 +14,10 @@ inside software emulation it took many minutes. The same boot shows the VM's
 private ``/tmp`` (a file put in this machine's ``/tmp`` before the boot is not in
 the VM's). Time on the 2-core machine, idle or beside two busy loops: 81-121 s
 (VM up in 22-32 s, the libvirt check 33-54 s, of which 10-15 s are the nested
-guest's boot, the others 4-13 s each). Earlier runs on a machine busy with other
-test runs took about 6 minutes (VM boot 2.5-3 min).
+guest's boot, the others 4-13 s each); beside four busy loops 164-177 s; in a full
+``make test``, beside molecule's VM, 252 s (VM up in 69 s, the libvirt check 106 s).
+Earlier runs on a machine busy with other test runs took about 6 minutes (VM boot
+2.5-3 min).
 """
 
 from __future__ import annotations
