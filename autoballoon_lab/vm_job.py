@@ -4,8 +4,8 @@ A command that runs for minutes in one SSH session loses its result when that
 session goes: in CI an SSH connection to the VM was once closed by the remote
 end 305 s into a check, with nothing said. Run as a ``systemd-run`` service, the
 command does not depend on the session: its exit code, stdout and stderr go to
-files under :data:`JOBS` in the VM, and the caller polls for the exit code with
-one short SSH call every few seconds, riding out a failed call or two.
+files under :data:`JOBS` in the VM, and the caller polls for them with one short
+SSH call a second, riding out up to :data:`SSH_FAILURES_ALLOWED` failed calls in a row.
 """
 
 from __future__ import annotations

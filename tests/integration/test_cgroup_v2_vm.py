@@ -1,23 +1,22 @@
 """The cgroup v2 host, for real: a systemd VM whose cgroup v2 has the memory controller.
 
-This machine's cgroup v2 has no memory controller, so the per-cgroup PSI
-trigger, the watermark source on ``memory.max``/``memory.current`` and a
-libvirt domain in a ``machine.slice`` run inside the lab's systemd VM
-(:mod:`autoballoon_lab.systemd_vm`: this machine's root under an overlay,
-systemd as PID 1, the Debian kernel). One VM boot serves the whole module.
-Each test runs one check of :mod:`autoballoon_lab.slice_checks` in the VM over
-SSH, in a ``machine-<name>.slice`` with a memory limit (pressure only inside
-it), and asserts on the JSON it prints. The VM has ``/dev/kvm`` (its KVM runs on
-the AMD SVM that QEMU's software emulation offers), so the nested libvirt guest, the
-tiny lab guest, runs under KVM and boots in 10-15 s: under software emulation
-inside software emulation it took many minutes. The same boot shows the VM's
-private ``/tmp`` (a file put in this machine's ``/tmp`` before the boot is not in
-the VM's). Time on the 2-core machine, idle or beside two busy loops: 81-121 s
-(VM up in 22-32 s, the libvirt check 33-54 s, of which 10-15 s are the nested
-guest's boot, the others 4-13 s each); beside four busy loops 164-177 s; in a full
-``make test``, beside molecule's VM, 252 s (VM up in 69 s, the libvirt check 106 s).
-Earlier runs on a machine busy with other test runs took about 6 minutes (VM boot
-2.5-3 min).
+This machine's cgroup v2 has no memory controller, so the per-cgroup PSI trigger, the
+watermark source on ``memory.max``/``memory.current`` and a libvirt domain in a
+``machine.slice`` run inside the lab's systemd VM (:mod:`autoballoon_lab.systemd_vm`:
+this machine's root under an overlay, systemd as PID 1, the Debian kernel). One VM boot
+serves the whole module. Each test runs one check of :mod:`autoballoon_lab.slice_checks`
+in the VM (a service there, polled over SSH: :mod:`autoballoon_lab.vm_job`), in a
+``machine-<name>.slice`` with a memory limit (pressure only inside it), and asserts on
+the JSON it prints. The VM has ``/dev/kvm`` (its KVM runs on the AMD SVM that QEMU's
+software emulation offers), so the nested libvirt guest, the tiny lab guest, runs under
+KVM and boots in 10-15 s: under software emulation inside software emulation it took
+many minutes. The same boot shows the VM's private ``/tmp`` (a file put in this
+machine's ``/tmp`` before the boot is not in the VM's). Time on the 2-core machine, idle
+or beside two busy loops: 81-121 s (VM up in 22-32 s, the libvirt check 33-54 s, of
+which 10-15 s are the nested guest's boot, the others 4-13 s each); beside four busy
+loops 164-177 s; in a full ``make test``, beside molecule's VM, 252 s (VM up in 69 s,
+the libvirt check 106 s). Earlier runs on a machine busy with other test runs took about
+6 minutes (VM boot 2.5-3 min).
 """
 
 from __future__ import annotations
