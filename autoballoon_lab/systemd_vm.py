@@ -5,7 +5,8 @@ the initramfs mounts the host root (or, with ``root``/``--suite``, a Debian
 root file system of another release built by :mod:`autoballoon_lab.debian_root`)
 read-only over 9p as the lower layer of an
 overlay whose upper layer is a tmpfs, writes a hostname, an empty machine-id,
-an empty fstab, a static network setup and an SSH key, and ``switch_root``s
+an empty fstab, a static network setup, an SSH key and a cache for the code
+Python compiles from zip files (:mod:`autoballoon_lab.zipimport_cache`), and ``switch_root``s
 into ``/lib/systemd/systemd``. What is installed on the host is what the VM
 has; everything the VM writes vanishes with it. It is reached over SSH
 (openssh-server must be installed on the host) through QEMU user networking,
@@ -54,6 +55,8 @@ KVM_MODULES = ("kvm_amd",)
 """Loaded only with ``kvm=True``: QEMU's software emulation offers AMD's SVM, with
 nested paging, to ``-cpu max``, so the VM's own KVM can run nested guests: their code
 is then translated once (by the outer QEMU), not by a QEMU translating a QEMU."""
+ZIPIMPORT_CACHE = Path(__file__).with_name("zipimport_cache.py")
+"""Copied into the VM's system Python by the init (see :mod:`autoballoon_lab.zipimport_cache`)."""
 GUEST_PORT = 22
 DEFAULT_MEMORY_MIB = 1536
 DEFAULT_CPUS = 2
@@ -141,6 +144,13 @@ for pth in "$R"/usr/lib/python3/dist-packages/*.pth \
     [ -e "$pth" ] || continue
     grep -qxF "${pth#"$R"}" "$R"/var/lib/dpkg/info/*.list || rm -f "$pth"
 done
+# Ansible runs each module from a zip, and Python compiles what it imports from a zip
+# anew in every process: zipimport_cache.py keeps the compiled code (a third of a
+# trivial task's time under emulation). Only the system Python loads it (.pth).
+mkdir -p "$R/usr/lib/python3/dist-packages"
+cp /zipimport_cache.py "$R/usr/lib/python3/dist-packages/autoballoon_zipimport_cache.py"
+echo "import autoballoon_zipimport_cache; autoballoon_zipimport_cache.install()" \
+    >"$R/usr/lib/python3/dist-packages/autoballoon-zipimport-cache.pth"
 # A container image's apt keeps no binary package cache (docker-clean), so every apt
 # run rebuilds it from the lists: 40 s under emulation, 14 s with the cache kept.
 rm -f "$R/etc/apt/apt.conf.d/docker-clean"
@@ -186,7 +196,7 @@ class Connection:
 def _key(busybox: Path, package: str) -> str:
     digest = hashlib.sha256()
     for part in (FORMAT_VERSION, INIT_SCRIPT, ",".join(MODULES), ",".join(KVM_MODULES),
-                 package):
+                 package, ZIPIMPORT_CACHE.read_text()):
         digest.update(part.encode() + b"\0")
     digest.update(hashlib.sha256(busybox.read_bytes()).digest())
     return digest.hexdigest()[:20]
@@ -246,6 +256,7 @@ def _initramfs(tree: ModuleTree, busybox: Path) -> CpioArchive:
                 listed.append(module.name)
         archive.add_file(f"lib/modules/{order}", ("\n".join(listed) + "\n").encode())
     archive.add_file("init", INIT_SCRIPT.encode(), 0o755)
+    archive.add_file("zipimport_cache.py", ZIPIMPORT_CACHE.read_bytes())
     return archive
 
 

@@ -33,13 +33,14 @@ from typing import Any
 
 import pytest
 
-from autoballoon_lab import systemd_vm, vm_job
+from autoballoon_lab import systemd_vm, vm_job, zipimport_cache
 from autoballoon_lab.errors import LabError
 from autoballoon_lab.image import ensure_image
 from autoballoon_lab.paths import cache_dir, repo_root
 from autoballoon_lab.prereq import require, require_busybox, require_root
 
 MIB = 1 << 20
+CACHE = zipimport_cache.DEFAULT_CACHE_DIR
 VM_MEMORY_MIB = 2048
 
 
@@ -124,6 +125,19 @@ def test_the_vm_has_a_private_tmp(vm: systemd_vm.Connection, host_tmp_file: Path
                                 f"test -e {host_tmp_file} && echo visible || echo hidden").stdout
     assert answer.split() == ["tmpfs", "hidden"], answer
     assert host_tmp_file.exists()
+
+
+def test_the_vm_python_compiles_a_zip_import_once(vm: systemd_vm.Connection) -> None:
+    """Ansible's modules run from zip files: the VM's Python keeps their compiled code
+    (autoballoon_lab.zipimport_cache), for every process, through the init's ``.pth``."""
+    script = ("cd \"$(mktemp -d)\" && printf 'VALUE = 42\\n' > m.py && "
+              "python3 -m zipfile -c m.zip m.py && rm m.py && "
+              "ls " + CACHE + " 2>/dev/null | wc -l; "
+              "for run in 1 2; do PYTHONPATH=m.zip python3 -c 'import m; print(m.VALUE)'; done; "
+              "ls " + CACHE + " | wc -l")
+    before, *values, after = systemd_vm.ssh(vm, script).stdout.split()
+    assert values == ["42", "42"]
+    assert int(after) == int(before) + 1, (before, after)
 
 
 def test_psi_triggers_fire_on_a_machine_slice(vm: systemd_vm.Connection) -> None:
