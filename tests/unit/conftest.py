@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -19,6 +20,8 @@ settings.register_profile("autoballoon", deadline=None)
 settings.load_profile("autoballoon")
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
+FUZZ_LINES = "autoballoon_fuzz_cases"
+FUZZ_LINES_KEY = pytest.StashKey[list[str]]()
 
 
 def _load(name: str) -> ModuleType:
@@ -42,10 +45,27 @@ def _report_fuzz_cases(request: pytest.FixtureRequest) -> Iterator[None]:
     if not counts:
         return
     shown = ", ".join(f"{kind} {n:,}" for kind, n in sorted(counts.items()))
+    line = (f"{request.module.__name__}: fuzz cases checked: {shown}, "
+            f"{sum(counts.values()):,} in all")
+    worker_output = getattr(request.config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: the controller prints it
+        worker_output.setdefault(FUZZ_LINES, []).append(line)
+        return
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{request.module.__name__}: fuzz cases checked: {shown}, "
-              f"{sum(counts.values()):,} in all", flush=True)
+        print(f"\n{line}", flush=True)
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: keep the fuzz counts a worker that finished sent."""
+    node.config.stash.setdefault(FUZZ_LINES_KEY, []).extend(
+        node.workeroutput.get(FUZZ_LINES, []))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print the fuzz counts the pytest-xdist workers sent (each file runs in one worker)."""
+    for line in sorted(config.stash.get(FUZZ_LINES_KEY, [])):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
