@@ -36,7 +36,7 @@ PYTEST = (sys.executable, "-m", "pytest")
 MOLECULE_LOG = Path(".cache") / "test-logs" / "molecule.log"
 PARALLEL = ("-n", "2")
 """Unit and fuzz run in two pytest-xdist workers: alone, one pytest process leaves the
-second core idle (unit went from 96-114 s to 67 s). Integration and end-to-end stay in
+second core idle (unit went from 96-114 s to 55-67 s). Integration and end-to-end stay in
 one process: their tests share one libvirtd, and their timing is of real guests."""
 BACKGROUND: dict[str, subprocess.Popen[bytes]] = {}
 """The stages running in the background (molecule), by session name."""

@@ -56,6 +56,7 @@ def _report_fuzz_cases(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"\n{line}", flush=True)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without the plugin
 def pytest_testnodedown(node: Any, error: object) -> None:
     """pytest-xdist: keep the fuzz counts a worker that finished sent."""
     node.config.stash.setdefault(FUZZ_LINES_KEY, []).extend(
